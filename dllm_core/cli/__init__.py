@@ -1,0 +1,1 @@
+"""The ``dllm-run`` command line."""
