@@ -50,6 +50,8 @@ class Engine:
     :param device, dtype: where and in which precision to run (default: CUDA when available,
         else CPU; the checkpoint's dtype).
     :param plugins: extra plugin objects to register (in addition to installed ones).
+    :param cuda_graphs: replay captured CUDA graphs of the model's partial forward (one graph per
+        plan shape; see :mod:`dllm_core.cuda_graphs`); False runs eagerly.
     """
 
     def __init__(self, model: str | Path | DiffusionLM | None = None, cache: Any = "none",
@@ -57,7 +59,7 @@ class Engine:
                  cache_options: Mapping[str, Any] | None = None, scheduler_options: Mapping[str, Any] | None = None,
                  guide_options: Mapping[str, Any] | None = None, tokenizer: Any = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                 plugins: Iterable[object] = ()) -> None:
+                 plugins: Iterable[object] = (), cuda_graphs: bool = False) -> None:
         self.plugin_manager = make_plugin_manager(plugins)
         self.registry = Registry.from_plugin_manager(self.plugin_manager)
         self.device = torch.device(device) if device is not None else torch.device(
@@ -69,6 +71,13 @@ class Engine:
             scheduler=self.registry.create("scheduler", scheduler, scheduler_options),
             guide=self.registry.create("guide", guide, guide_options))
         self.stop_ids = self._stop_ids()
+        self.forward = self.model
+        if cuda_graphs:
+            if self.device.type != "cuda":
+                raise OptionError("option 'cuda_graphs' needs a CUDA device")
+            from .cuda_graphs import GraphedForward
+
+            self.forward = GraphedForward(self.model)
 
     # -- construction ------------------------------------------------------------------------
 
@@ -257,7 +266,7 @@ class _DecodeLoop:
 
     def run(self) -> dict[str, Any]:
         st, hook = self.state, self.engine.plugin_manager.hook
-        self.kv = self.model.new_kv_cache(st.batch_size, st.length)
+        self.kv = self.engine.forward.new_kv_cache(st.batch_size, st.length)
         hook.dllm_generation_start(engine=self.engine, state=st, config=self.engine.config(self.s))
         self.cache.prepare(st)
         self.scheduler.prepare(st, self.s["steps"])
@@ -283,8 +292,11 @@ class _DecodeLoop:
         st = self.state
         plan = self.cache.plan(st)
         logit_pos = plan.logit_positions if plan.logit_positions is not None else st.block_positions()
-        out = self.model(st.x, st.positions, st.valid, self.kv, plan, logit_pos)
+        out = self.engine.forward(st.x, st.positions, st.valid, self.kv, plan, logit_pos)
         self.nfe += 1
+        # A committed [MASK] would stay masked forever; upstream never guards this because trained
+        # models do not predict it, but random or tiny models can.
+        out.logits[..., st.mask_id] = float("-inf")
         in_block = (logit_pos >= st.block_start) & (logit_pos < st.block_end)
         candidates = (st.x.gather(1, logit_pos) == st.mask_id) & in_block
         commit = self.scheduler.select(st, out, candidates)
