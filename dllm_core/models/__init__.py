@@ -1,0 +1,1 @@
+"""Model families (one file each), the shared partial-forward driver, loading and chat templates."""
