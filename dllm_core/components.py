@@ -59,6 +59,12 @@ class Component(ABC):
     #: The frozen options dataclass of this component.
     Options: ClassVar[type[Options]] = NoOptions
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("name"):
+            # Unregistered classes still get a readable name in errors; registration overrides it.
+            cls.name = cls.__name__
+
     def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
         if options is not None and kwargs:
             raise TypeError("pass either an Options object or keyword options, not both")
@@ -124,7 +130,9 @@ class Scheduler(Component):
     def select(self, state: DecodeState, out: ForwardOutput, candidates: "Any") -> Commit:
         """Choose commits among ``candidates`` ((B, r) bool over ``out.positions``).
 
-        Must commit at least one candidate per sequence that has any (else decoding stalls).
+        Should commit at least one candidate per sequence that has any; a schedule may commit
+        none at some steps (Dream's early timesteps do), and the engine stops a block that makes
+        no progress for too long with an error naming the scheduler and the cache policy.
         """
 
 

@@ -227,9 +227,8 @@ class Engine:
             valid[i, P - len(p):] = True
         x[:, P:] = spec.mask_id
         positions = (valid.long().cumsum(1) - 1).clamp_min(0)
-        gen = None
-        if s["temperature"] > 0:
-            gen = torch.Generator(device=self.device).manual_seed(s["seed"])
+        # Always seeded: schedulers may draw random numbers even when decoding greedily (``random``).
+        gen = torch.Generator(device=self.device).manual_seed(s["seed"])
         return DecodeState(x=x.to(self.device), valid=valid.to(self.device), positions=positions.to(self.device),
                            gen_start=P, gen_length=s["gen_length"], block_length=s["block_length"],
                            mask_id=spec.mask_id, eos_id=spec.eos_id, shifted_logits=spec.shifted_logits,

@@ -16,8 +16,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import tomllib
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 import pluggy
 
@@ -26,13 +28,19 @@ from .errors import PluginLoadError
 
 ENTRY_POINT_GROUP = "dllm_core"
 DISTRIBUTION = "dllm-core"
-#: Built-in plugin modules, used only when running from a source tree that is not installed
-#: (then no entry points of our own distribution exist).  They are the same modules that
-#: pyproject.toml registers under the entry-point group.
-BUILTIN_MODULES = {
-    "models": "dllm_plugins.models",
-    "baseline": "dllm_plugins.baseline",
-}
+_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def builtin_modules() -> dict[str, str]:
+    """The built-in plugin modules as ``pyproject.toml`` registers them under the entry-point group.
+
+    Used only when running from a source tree that is not installed (then no entry points of our
+    own distribution exist); reading pyproject.toml keeps one list of built-ins.
+    """
+    if not _PYPROJECT.is_file():
+        return {}
+    data = tomllib.loads(_PYPROJECT.read_text())
+    return dict(data.get("project", {}).get("entry-points", {}).get(ENTRY_POINT_GROUP, {}))
 
 
 def _truthy(name: str) -> bool:
@@ -61,7 +69,7 @@ def make_plugin_manager(extra_plugins: Iterable[object] = (), *, autoload: bool 
     eps = list(entry_points(group=ENTRY_POINT_GROUP))
     builtins_found = any(_is_builtin(ep) for ep in eps)
     if not builtins_found:
-        for name, module in BUILTIN_MODULES.items():
+        for name, module in builtin_modules().items():
             if name not in blocked:
                 _register(pm, name, lambda m=module: importlib.import_module(m), f"built-in module {module}")
     for ep in eps:

@@ -48,8 +48,8 @@ class Entry:
                     f"{KINDS[self.kind][1]} {self.name!r} registered by plugin {self.plugin!r} "
                     f"cannot be imported from {self.factory!r}: {type(exc).__name__}: {exc}") from exc
             self.factory = obj
-        if not getattr(self.factory, "name", None):
-            self.factory.name = self.name
+        if vars(self.factory).get("name") in (None, "", self.factory.__name__):
+            self.factory.name = self.name  # the registered name, unless the class chose its own
         if not self.description:
             self.description = (getattr(self.factory, "description", "") or (self.factory.__doc__ or "").strip()
                                 .split("\n")[0])

@@ -37,3 +37,10 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
         write_word_tokenizer(d)
         out[family] = d
     return out
+
+
+def pytest_configure(config):
+    # Tiny models run fastest on one thread; more threads only contend on a 2-core CI machine.
+    import torch
+
+    torch.set_num_threads(1)

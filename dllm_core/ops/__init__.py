@@ -2,37 +2,65 @@
 
 Each public function dispatches to the compiled extension (``dllm_core._C``) when it is built
 and implements the op for the tensors' device, and otherwise to its reference.  Models, cache
-policies and schedulers call only these functions.
+policies and schedulers call only these functions.  ``extension_status()`` reports the path
+each op takes; ``DLLM_CORE_DISABLE_EXTENSION=1`` forces the references.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from .certainty_density import certainty_density_reference, certainty_density_topk_reference
+from . import extension as _ext
+from .certainty_density import certainty_density_reference, certainty_density_topk_reference, density_radius
+from .extension import extension_status
 from .kv_cache_update import kv_cache_update_reference
 from .partial_attention import partial_attention_reference
 from .rope import apply_rope, rope_cos_sin
 
 __all__ = [
     "apply_rope", "rope_cos_sin", "kv_cache_update", "partial_attention", "certainty_density_topk",
-    "certainty_density_reference",
+    "certainty_density_reference", "extension_status",
 ]
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _compiled(op: str, t: Tensor) -> bool:
+    return _ext.loaded() and _ext.has_kernel(op, t.device.type)
 
 
 def kv_cache_update(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, rows: Tensor, positions: Tensor,
                     theta: float) -> None:
     """Write RoPE(k) and v at ``rows`` of the caches in place (see :func:`kv_cache_update_reference`)."""
-    kv_cache_update_reference(k_cache, v_cache, k, v, rows, positions, theta)
+    if (_compiled("kv_cache_update", k_cache) and k_cache.dtype in _FLOATS
+            and k.dtype == v.dtype == k_cache.dtype == v_cache.dtype
+            and rows.dtype == positions.dtype == torch.int64
+            and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1):
+        torch.ops.dllm_core.kv_cache_update(k_cache, v_cache, k, v, rows, positions, float(theta))
+    else:
+        kv_cache_update_reference(k_cache, v_cache, k, v, rows, positions, theta)
 
 
 def partial_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, key_mask: Tensor, scale: float,
                       return_probs: bool = False) -> tuple[Tensor, Tensor]:
     """Attention of the given query rows over the whole cache (see :func:`partial_attention_reference`)."""
+    ok = (_compiled("partial_attention", q) and q.dtype in _FLOATS and q.dtype == k_cache.dtype == v_cache.dtype
+          and key_mask.dtype == torch.bool)
+    if ok and q.device.type == "cuda":
+        ok = q.dtype in _ext.CUDA_ATTENTION_DTYPES and q.shape[-1] in _ext.CUDA_ATTENTION_HEAD_DIMS
+    if ok:
+        return torch.ops.dllm_core.partial_attention(q, k_cache, v_cache, key_mask, float(scale), bool(return_probs))
     return partial_attention_reference(q, k_cache, v_cache, key_mask, scale, return_probs)
 
 
 def certainty_density_topk(known: Tensor, confidence: Tensor, candidates: Tensor, sigma: float,
                            k: int) -> tuple[Tensor, Tensor]:
     """Certainty-prior scores and the top-k columns (see :func:`certainty_density_topk_reference`)."""
+    ok = (_compiled("certainty_density_topk", known) and known.dtype == candidates.dtype == torch.bool
+          and confidence.is_floating_point() and sigma > 0 and k >= 0)
+    if ok and known.device.type == "cuda":
+        ok = known.shape[-1] <= _ext.CUDA_DENSITY_MAX_COLUMNS and density_radius(sigma) <= _ext.CUDA_DENSITY_MAX_RADIUS
+    if ok:
+        return torch.ops.dllm_core.certainty_density_topk(known, confidence, candidates, float(sigma), int(k))
     return certainty_density_topk_reference(known, confidence, candidates, sigma, k)

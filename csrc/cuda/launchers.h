@@ -1,0 +1,74 @@
+// Interface between the torch glue (cuda_ops.cpp, compiled by the host compiler against torch) and
+// the CUDA kernels (*.cu, compiled by nvcc against the CUDA headers only, which keeps nvcc away
+// from torch's headers: faster builds, and the kernels can be compile-checked without CUDA torch).
+// Everything here is plain data: raw pointers, element strides, sizes.  Launchers return the launch's
+// error code, which the glue turns into a Python exception.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace dllm_core {
+namespace cuda {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// ---- kv_cache_update -------------------------------------------------------------------------
+struct KvUpdateParams {
+  void* k_cache;          // (B, T, H, D), strides kc_s for (b, t, h), last dim contiguous
+  void* v_cache;          // same shape, strides vc_s
+  const void* k;          // (B, n, H, D) pre-RoPE keys, strides k_s for (b, row, h)
+  const void* v;          // (B, n, H, D), strides v_s
+  const int64_t* rows;    // (B, n) contiguous: cache rows to write
+  const int64_t* positions;  // (B, n) contiguous: RoPE positions
+  int64_t kc_s[3], vc_s[3], k_s[3], v_s[3];
+  int B, n, T, H, D;
+  float theta;
+  DType dtype;
+  int vec;  // elements per access: 16 bytes' worth when every pointer and stride allows it, else 1
+};
+cudaError_t launch_kv_cache_update(const KvUpdateParams& p, cudaStream_t stream);
+
+// ---- partial_attention -----------------------------------------------------------------------
+struct AttentionPlan {
+  int splits;           // key-range splits of the main pass (flash-decoding); 1 = write out directly
+  int tiles_per_split;  // 64-key tiles per split
+  int row_blocks;       // probability pass: 64-row blocks of the query rows
+  int head_slices;      // probability pass: kv-head slices summed with atomics (1 = plain stores)
+};
+struct AttentionParams {
+  const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous
+  const void* k;          // (B, T, Hkv, D), strides k_s
+  const void* v;          // (B, T, Hkv, D), strides v_s
+  const bool* mask;       // (B, T), row stride mask_s0, column stride 1
+  void* out;              // (B, n, H, D) contiguous, q's dtype
+  float* probs;           // (B, n, T) contiguous float32, or null; pre-zeroed when head_slices > 1
+  float* lse;             // (B, H, n) log2-sum-exp of the scaled scores; needed when probs != null
+  float* part_o;          // (splits, B, H, n, D) partial accumulators when splits > 1
+  float* part_ml;         // (splits, B, H, n, 2) partial (max, sum) when splits > 1
+  int64_t q_s[3], k_s[3], v_s[3], mask_s0;
+  int B, n, H, Hkv, T, D;
+  float scale;
+  DType dtype;
+};
+bool attention_supported(DType dtype, int head_dim);  // bf16/fp16 with D in {64, 128}
+AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device);
+cudaError_t launch_partial_attention(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
+
+// ---- certainty_density_topk ------------------------------------------------------------------
+struct DensityParams {
+  const bool* known;       // (B, G) contiguous
+  const float* confidence; // (B, G) contiguous float32
+  const bool* candidates;  // (B, G) contiguous
+  float* scores;           // (B, G) float32 out
+  int64_t* top;            // (B, kk) int64 out, kk = min(k, G)
+  int B, G, kk, radius;
+  float two_sigma_sq;  // (float)(2 sigma^2), rounded once on the host as the reference does
+};
+int density_max_columns();  // the largest G one block can sort in shared memory
+int density_max_radius();
+cudaError_t launch_certainty_density_topk(const DensityParams& p, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace dllm_core

@@ -1,0 +1,205 @@
+"""Cache policy ``d2cache``: d2Cache's dual adaptive row selection (arXiv 2509.23094).
+
+Step 0 is a full refresh that also returns attention probabilities.  Every later step
+recomputes only the union of three row sets; all other columns reuse their cached K/V:
+
+* **S1** (stage 1): the ``k`` masked columns with the highest certainty prior, confidence x
+  Gaussian density of known columns (``dllm_core.ops.certainty_density_topk``), searched from
+  the current block's start to the first block boundary holding ``k`` masks, masks of the
+  current block first.  Their predictions are the step's logits.  Shifted-logit models (Dream)
+  recompute the row before each S1 column instead (for the first generated column that is the
+  last prompt column).
+* **S2**: the columns committed by the previous step (their K/V changed from [MASK] to a token).
+* **S3**: the rollout nucleus: of the remaining valid columns, those with the largest attention
+  rollout influence of the previous forward, up to mass ``p`` (see :mod:`.rollout`, :mod:`.nucleus`).
+
+In a batch every sequence must recompute the same number of rows, so short sets are topped up:
+left-padding columns first (free: nothing attends to them), then as upstream masked columns by
+certainty prior, then other columns by rollout influence.  Top-up rows beyond the padding are
+real recomputations, so a sequence's output can depend on the rest of its batch (as upstream).
+
+``stage1_confidence`` picks which confidence ranks S1: ``"current"`` (default, the paper's intent)
+keeps, for each masked column, the latest confidence computed for it (all columns at step 0,
+the S1 columns afterwards); ``"step0"`` keeps the step-0 confidence forever, which is what the
+reference code does (its update writes into a temporary copy; algorithms.md §2.3 item 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from dllm_core import (CachePolicy, Commit, DecodeState, DllmError, ForwardOutput, ForwardPlan, OptionError, Options,
+                       check_range)
+from dllm_core.ops import certainty_density_topk
+
+from .nucleus import inflate_gaps, lexicographic_order, nucleus_select, rows_from_mask
+from .rollout import rollout_influence
+
+#: Last-resort filler of unused logit slots: column 0 is a prompt (or left-padding) column, never
+#: a candidate, and for both model kinds its prediction comes from hidden row 0.
+ANCHOR = 0
+
+
+@dataclass(frozen=True)
+class D2CacheOptions(Options):
+    """``k``: stage-1 size; ``p``: rollout nucleus mass; ``sigma``: density width (columns);
+    ``stage1_confidence``: ``"current"`` or ``"step0"``; ``inflate_w``: fill gaps of at most this
+    many columns between selected rows (0 = off; upstream uses 4 with semi-AR parallel decoding)."""
+
+    k: int = 32
+    p: float = 0.1
+    sigma: float = 10.0
+    stage1_confidence: Literal["current", "step0"] = "current"
+    inflate_w: int = 0
+
+    def validate(self) -> None:
+        check_range("k", self.k, 1)
+        check_range("p", self.p, 0.0, 1.0, low_open=True)
+        check_range("sigma", self.sigma, 0.0, low_open=True)
+        check_range("inflate_w", self.inflate_w, 0)
+        if self.stage1_confidence not in ("current", "step0"):
+            raise OptionError("option 'stage1_confidence' must be 'current' or 'step0', "
+                              f"got {self.stage1_confidence!r}")
+
+
+@dataclass
+class RowSelection:
+    """The row sets of one step (every mask is (B, T) bool over columns)."""
+
+    stage1: Tensor        #: (B, k') columns whose predictions are wanted, ascending; unused slots
+                          #: repeat a non-candidate column whose hidden row is recomputed anyway
+    stage1_valid: Tensor  #: (B, k') bool, False on the padding slots
+    stage1_rows: Tensor   #: hidden rows of stage 1 (Dream: the columns before the stage-1 columns)
+    stage2: Tensor        #: columns committed by the previous step
+    stage3: Tensor        #: rollout nucleus
+    rows: Tensor          #: the union, after inflation, plus ANCHOR where a logit slot needs it
+    tier: Tensor          #: (B, T) long top-up priority: 3 left padding, 2 masked, 1 other
+    score: Tensor         #: (B, T) float top-up score within a tier (certainty prior or influence)
+
+
+def select_rows(state: DecodeState, confidence: Tensor, influence: Tensor, *, k: int, p: float, sigma: float,
+                inflate_w: int = 0) -> RowSelection:
+    """d2Cache's row sets for the coming step (pure function of its inputs; no host sync).
+
+    :param confidence: (B, gen_length) float32 confidence of each generated column.
+    :param influence: (B, T) rollout influence of each column from the previous forward.
+    """
+    B, T = state.x.shape
+    gs, G, bl = state.gen_start, state.gen_length, state.block_length
+    dev = state.x.device
+    cols = torch.arange(G, device=dev)
+    masked = state.masked[:, gs:gs + G]
+    bs, be = state.block_start - gs, state.block_end - gs
+    # Search region: from the block start to the first block boundary with >= k masks (upstream);
+    # with a single block this is every masked column.
+    cum = (masked & (cols >= bs)).cumsum(1)
+    meets = cum >= k
+    first = torch.where(meets.any(1), meets.int().argmax(1), torch.full_like(cum[:, 0], G - 1))
+    end = (((first // bl) + 1) * bl).clamp(max=G)
+    cand = masked & (cols >= bs) & (cols < end.unsqueeze(1))
+    scores, top = certainty_density_topk(~masked, confidence, cand, sigma, k)
+    if bl < G:
+        # masks of the current block first, so a step always has candidates (upstream adds the
+        # maximum score to in-block scores for the same purpose)
+        tier = cand.long() + (cand & (cols >= bs) & (cols < be)).long()
+        top = lexicographic_order(tier, scores)[:, :top.shape[1]]
+    valid = cand.gather(1, top)
+    # ascending columns, padding slots last, so that schedulers break ties by the lower column
+    # exactly as over a block's positions
+    key = torch.sort(torch.where(valid, top, top + G), dim=1).values
+    valid = key < G
+    stage1 = key + gs
+    hidden = stage1 - 1 if state.shifted_logits else stage1
+    spare = torch.full_like(hidden, T)  # padding slots scatter into a spare column, dropped below
+    stage1_rows = torch.zeros(B, T + 1, dtype=torch.bool, device=dev).scatter_(
+        1, torch.where(valid, hidden, spare), True)[:, :T]
+    stage2 = state.last_commit if state.last_commit is not None else torch.zeros_like(stage1_rows)
+    stage3 = nucleus_select(influence, p, state.valid & ~stage1_rows & ~stage2)
+    rows = inflate_gaps(stage1_rows | stage2 | stage3, inflate_w)
+    stage1 = torch.where(valid, stage1, _padding_position(state, rows, ~valid.all(1)).unsqueeze(1))
+    full_mask = state.masked & (torch.arange(T, device=dev) >= gs)
+    # Top-up order: left-padding columns first (recomputing them changes nothing: no real row
+    # attends to them), then upstream's order: masked columns by certainty prior, then the rest
+    # by rollout influence.
+    tier = torch.where(~state.valid, 3, torch.where(full_mask, 2, 1))
+    density = torch.full((B, T), float("-inf"), device=dev)
+    density[:, gs:gs + G] = scores
+    score = torch.where(full_mask, density, influence.to(torch.float32))
+    return RowSelection(stage1=stage1, stage1_valid=valid, stage1_rows=stage1_rows, stage2=stage2, stage3=stage3,
+                        rows=rows, tier=tier, score=score)
+
+
+def _padding_position(state: DecodeState, rows: Tensor, needed: Tensor) -> Tensor:
+    """(B,) a column to fill unused logit slots with: not a candidate, and predicted by a row
+    already in ``rows`` (so padding costs no extra row).  Where no such column exists and
+    ``needed``, ANCHOR is added to ``rows`` (in place) and returned."""
+    T = state.length
+    cols = torch.arange(T, device=rows.device)
+    candidate = state.masked & (cols >= state.block_start) & (cols < state.block_end)
+    # feeds[:, c]: the hidden row predicting column c is recomputed (Dream: row c - 1; column 0
+    # predicts itself, as the model's shift does)
+    feeds = torch.cat([rows[:, :1], rows[:, :-1]], dim=1) if state.shifted_logits else rows
+    free = feeds & ~candidate
+    lacking = needed & ~free.any(1)
+    # ANCHOR is left padding in a padded sequence (recomputing it changes nothing); otherwise
+    # the first prompt column is recomputed once more than upstream would
+    rows[:, ANCHOR] |= lacking
+    free[:, ANCHOR] |= lacking
+    return free.int().argmax(1)
+
+
+def max_probability(logits: Tensor) -> Tensor:
+    """(..., ) float32 probability of the most likely token (the ``maskgit_plus`` confidence)."""
+    logits = logits.to(torch.float32)
+    return (logits.max(-1).values - torch.logsumexp(logits, -1)).exp()
+
+
+class D2Cache(CachePolicy):
+    """d2Cache: recompute top-k certainty-prior masks, last commits and a rollout nucleus."""
+
+    description = "d2Cache: certainty-prior top-k + last commits + attention-rollout nucleus rows"
+    Options = D2CacheOptions
+    uses_attention = True
+
+    def prepare(self, state: DecodeState) -> None:
+        self._confidence: Tensor | None = None  # (B, G) stage-1 confidence
+        self._influence: Tensor | None = None   # (B, T) rollout influence of the last forward
+        self.last_selection: RowSelection | None = None  # kept for inspection and tests
+
+    def plan(self, state: DecodeState) -> ForwardPlan:
+        if self._influence is None or self._confidence is None:
+            # step 0: full refresh; predictions for the whole generated region seed stage 1
+            cols = torch.arange(state.gen_start, state.gen_start + state.gen_length, device=state.x.device)
+            return ForwardPlan(rows=None, logit_positions=cols.expand(state.batch_size, -1), need_attention=True)
+        o = self.options
+        sel = select_rows(state, self._confidence, self._influence, k=o.k, p=o.p, sigma=o.sigma,
+                          inflate_w=o.inflate_w)
+        # The one host sync of the step: the model needs the row count as a shape.
+        q = max(sel.rows.sum(1).tolist())
+        rows = rows_from_mask(sel.rows, sel.tier, sel.score, q)
+        self.last_selection = sel
+        return ForwardPlan(rows=rows, logit_positions=sel.stage1, need_attention=True)
+
+    def observe(self, state: DecodeState, plan: ForwardPlan, out: ForwardOutput, commit: Commit) -> None:
+        if out.attention is None:
+            raise DllmError("cache 'd2cache' needs attention probabilities, but the model returned none "
+                            "for a plan with need_attention=True")
+        first = self._confidence is None
+        if first or self.options.stage1_confidence == "current":
+            self._update_confidence(state, out)
+        self._influence = rollout_influence(out.attention, out.rows, state.valid.to(torch.float32))
+
+    def _update_confidence(self, state: DecodeState, out: ForwardOutput) -> None:
+        B, G, gs = state.batch_size, state.gen_length, state.gen_start
+        if self._confidence is None:
+            self._confidence = torch.zeros(B, G, dtype=torch.float32, device=state.x.device)
+        rel = out.positions - gs
+        inside = (rel >= 0) & (rel < G)
+        idx = torch.where(inside, rel, torch.full_like(rel, G))  # outside -> a spare column, dropped
+        buf = torch.cat([self._confidence, self._confidence.new_zeros(B, 1)], dim=1)
+        buf.scatter_(1, idx, max_probability(out.logits))
+        self._confidence = buf[:, :G]
