@@ -98,7 +98,7 @@ def attention_row(model, B, n, T, copy_bw):
     ke, ve = kh.repeat_interleave(group, 1), vh.repeat_interleave(group, 1)
     emask = mask[:, None, None, :]
 
-    row = dict(model=model, B=B, q=n, T=T)
+    row = dict(model=model, B=B, q=n, T=T, flash_native_gqa=gqa)  # False: K/V expanded for flash
     kv_bytes = 2 * B * T * Hkv * D * 2
     io_bytes = kv_bytes + 2 * q.numel() * 2
     probs_bytes = B * n * T * 4

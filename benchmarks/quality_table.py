@@ -60,6 +60,7 @@ ROWS: tuple[Row, ...] = (
     Row("factor", scheduler="factor", scheduler_options={"factor": 1.0}, block_length=32,
         note="Fast-dLLM factor rule, f 1.0, no cache"),
     Row("prefix", cache="prefix", block_length=32, note="Fast-dLLM PrefixCache, 1 token/step"),
+    Row("dual", cache="dual", block_length=32, note="Fast-dLLM DualCache, 1 token/step"),
     Row("prefix+threshold", cache="prefix", scheduler="threshold", scheduler_options={"threshold": 0.9},
         block_length=32, note="Fast-dLLM PrefixCache + tau 0.9"),
     Row("dual+threshold", cache="dual", scheduler="threshold", scheduler_options={"threshold": 0.9},
@@ -87,7 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"])
     p.add_argument("--only", default=None, help="comma-separated row names (default: all)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality_table.md"))
-    p.add_argument("--json", default=None, help="also write the raw results (with per-item records) here")
+    p.add_argument("--json", default=None, help="also write the raw results (with per-item records) here, "
+                   "updated after every row")
+    p.add_argument("--from-json", nargs="+", default=None, metavar="JSON",
+                   help="render the table from result files of earlier runs (e.g. rows split over processes)")
     return p.parse_args(argv)
 
 
@@ -169,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown row(s) in --only: {sorted(wanted - {r.name for r in rows})}; known: {known}")
     t0 = time.time()
     done: list[tuple[Row, dict[str, Any] | str]] = []
+    if args.from_json:
+        merged: dict[str, Any] = {}
+        for path in args.from_json:
+            merged.update(json.loads(Path(path).read_text()))
+        done = [(r, merged[r.name]) for r in rows if r.name in merged]
+        seconds = sum(res.get("generation_seconds", 0.0) for _, res in done if isinstance(res, dict))
+        Path(args.out).write_text(markdown(done, args, seconds))
+        print(Path(args.out).read_text())
+        return 0
     for row in rows:
         try:
             result = run_row(row, args)
@@ -178,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - one failing strategy must not hide the others' rows
             print(f"{row.name}: FAILED {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             done.append((row, f"{type(exc).__name__}: {exc}".replace("|", "/").replace("\n", " ")[:300]))
+        if args.json:
+            Path(args.json).write_text(json.dumps({r.name: res for r, res in done}, indent=1) + "\n")
     text = markdown(done, args, time.time() - t0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps({r.name: res for r, res in done}, indent=1) + "\n")
     return 0 if all(isinstance(r, dict) for _, r in done) else 1
 
 

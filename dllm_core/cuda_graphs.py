@@ -3,10 +3,12 @@
 :class:`GraphedForward` wraps a :class:`~dllm_core.models.base.DiffusionLM` and is called exactly
 like it (``forward(input_ids, positions, valid, cache, plan, logit_positions)``).  It keeps
 
-* one persistent K/V cache per (batch, length): :meth:`GraphedForward.new_kv_cache` returns the
-  same buffers for the same shape, so graphs captured against them stay valid across generations;
-* static input buffers per (batch, length) (token ids, positions, validity, the plan's rows and
-  the logit positions), into which each call copies its inputs (device-to-device, no host sync);
+* one persistent K/V cache per (batch, padded length): :meth:`GraphedForward.new_kv_cache`
+  returns the same buffers for the same shape, so graphs captured against them stay valid across
+  generations (lengths are padded to a multiple of 64 with invalid columns, so prompts of nearby
+  lengths share them; the least recently used shapes beyond ``max_slots`` are dropped);
+* static input buffers per such shape (token ids, positions, validity, the plan's rows and the
+  logit positions), into which each call copies its inputs (device-to-device, no host sync);
 * one captured graph per *plan shape*: refresh or rows, the bucketed row count, the bucketed
   logit-position count, ``kv_limit`` and ``need_attention``; all graphs share one memory pool.
 

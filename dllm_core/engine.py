@@ -195,7 +195,8 @@ class Engine:
         texts, ids, n_tokens = self._outputs(state)
         out = GenerationResult(texts=texts, token_ids=ids, nfe=result["nfe"], steps=result["steps"],
                                seconds=seconds, generated_tokens=n_tokens, config=config,
-                               trace=result["trace"], timings={"decode": seconds})
+                               trace=result["trace"], timings={"decode": seconds},
+                               stats=_jsonable(state.extras))
         out.committed_tokens = result["committed"]  # type: ignore[attr-defined]
         self.plugin_manager.hook.dllm_generation_end(engine=self, result=out)
         return out
@@ -242,6 +243,14 @@ class Engine:
             ids.append(row[:cut])
         texts = [self.tokenizer.decode(r, skip_special_tokens=True) if self.tokenizer is not None else "" for r in ids]
         return texts, ids, sum(len(r) for r in ids)
+
+
+def _jsonable(extras: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain numbers and strings of ``extras`` (components may also keep tensors there)."""
+    def keep(v: Any) -> bool:
+        return isinstance(v, (int, float, str, bool)) or (
+            isinstance(v, Mapping) and all(isinstance(x, (int, float, str, bool)) for x in v.values()))
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in extras.items() if keep(v)}
 
 
 class _DecodeLoop:

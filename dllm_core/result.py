@@ -29,6 +29,8 @@ class GenerationResult:
     config: dict[str, Any] = field(default_factory=dict)
     trace: list[StepTrace] | None = None
     timings: dict[str, float] = field(default_factory=dict)  #: seconds per phase (model, scheduler, ...)
+    #: Counters components left in ``DecodeState.extras`` (e.g. the AR guide's forward calls), by component.
+    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:

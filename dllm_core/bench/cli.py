@@ -123,7 +123,9 @@ def _run_cases(a: argparse.Namespace, plan: list[tuple[str, Case]], device: torc
                ceilings: dict[str, float], results: list[dict[str, Any]], log: Any, save: Any) -> None:
     """Run ``plan`` ((model name, case) pairs), building each model once, in order; ``save()``
     after every case, so a run cut short keeps what it measured."""
-    current, model, cost = None, None, None
+    current: str | None = None
+    model: Any = None
+    cost: Any = None
     for model_name, case in plan:
         if model_name != current:
             model = cost = None
@@ -174,7 +176,7 @@ def run(a: argparse.Namespace) -> int:
         if a.out:
             Path(a.out).write_text(json.dumps(payload, indent=1, default=str))
 
-    with attention_path(a.attention) as attn:
+    with attention_path(a.attention, device.type) as attn:
         payload["attention"] = attn
         print(f"# attention path: {attn}", file=log, flush=True)
         if a.suite:

@@ -127,8 +127,9 @@ def build_random_model(config: dict[str, Any], device: torch.device, dtype: torc
                 module.weight.fill_(1.0)
             elif isinstance(module, (nn.Linear, nn.Embedding)):
                 module.weight.normal_(0.0, std, generator=gen)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.normal_(0.0, std, generator=gen)
+                bias = getattr(module, "bias", None)
+                if isinstance(bias, torch.Tensor):
+                    bias.normal_(0.0, std, generator=gen)
     return model.eval()
 
 
@@ -147,7 +148,7 @@ class ModelCost:
 
     @classmethod
     def of(cls, model: DiffusionLM) -> ModelCost:
-        head = model.head_weight()  # type: ignore[attr-defined]
+        head: torch.Tensor = model.head_weight()  # type: ignore[attr-defined,operator]
         params = list(model.parameters())
         weight_bytes = sum(p.numel() * p.element_size() for p in params)
         embedding_only = [m.weight for m in model.modules()
@@ -169,7 +170,7 @@ class ModelCost:
         attn = 4.0 * rows * length * self.num_heads * self.head_dim * self.num_layers
         return batch * (2.0 * rows * self.layer_params + attn + 2.0 * logits * self.head_params)
 
-    def floor_ms(self, ceilings: dict[str, float], batch: int, rows: int, logits: int, length: int) -> dict[str, float]:
+    def floor_ms(self, ceilings: dict[str, float], batch: int, rows: int, logits: int, length: int) -> dict[str, Any]:
         """The floor of one step and its two terms (milliseconds)."""
         read = (self.read_bytes + self.kv_bytes(batch, length)) / ceilings["copy_bandwidth"] * 1e3
         compute = self.flops(batch, rows, logits, length) / ceilings["matmul_flops"] * 1e3

@@ -7,7 +7,7 @@ from typing import Any
 from .runner import Case
 
 #: Fast-dLLM's headline shape (design.md §6): prompt 700, gen 256, block 32.
-HEADLINE = {"prompt_length": 700, "gen_length": 256, "block_length": 32}
+HEADLINE: dict[str, Any] = {"prompt_length": 700, "gen_length": 256, "block_length": 32}
 
 
 def suite_cases(name: str, caches: list[str]) -> list[tuple[str, Case]]:
@@ -18,7 +18,7 @@ def suite_cases(name: str, caches: list[str]) -> list[tuple[str, Case]]:
     ``quick``: the same code paths on the tiny test models (CPU smoke test).
     """
     if name == "quick":
-        small = {"prompt_length": 24, "gen_length": 32, "block_length": 8}
+        small: dict[str, Any] = {"prompt_length": 24, "gen_length": 32, "block_length": 8}
         pairs = [("tiny-llada", Case("none 1/step", "none", fixed_per_step=1, **small)),
                  ("tiny-llada", Case("dual 4/step", "dual", fixed_per_step=4, profile=True, **small)),
                  ("tiny-llada", Case("d2cache 1/step", "d2cache", fixed_per_step=1, **small)),
@@ -117,7 +117,7 @@ def plot_sweep(sweep: list[dict[str, Any]], path: str, title: str = "") -> None:
         kind = "cached" if any(r["cached_ms"] for r in rows) else "refresh"
         ys = [r[f"{kind}_ms"] for r in rows]
         line, = ax.plot(xs, ys, marker="o", label=f"{cache}: {kind} step")
-        floors = [(r[f"{kind}_floor"] or {}).get("floor_ms") for r in rows]
+        floors = [float((r[f"{kind}_floor"] or {}).get("floor_ms", "nan")) for r in rows]
         ax.plot(xs, floors, linestyle="--", color=line.get_color(), label=f"{cache}: floor of that step")
         ax.plot(xs, [1.3 * f for f in floors], linestyle=":", color=line.get_color(), alpha=0.6,
                 label=f"{cache}: 1.3 x floor")

@@ -69,6 +69,8 @@ class TimedForward:
 
     def __call__(self, input_ids: Tensor, positions: Tensor, valid: Tensor, cache: KVCache, plan: ForwardPlan,
                  logit_positions: Tensor) -> ForwardOutput:
+        start: Any
+        end: Any
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -122,27 +124,28 @@ def sdpa_partial_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, key_mask
 _ORIGINAL_ATTENTION = ops.partial_attention
 
 
-def extension_attention_on_cuda() -> bool:
-    """True when the compiled extension implements partial attention for CUDA tensors."""
+def extension_attention_on(device_type: str = "cuda") -> bool:
+    """True when the compiled extension implements partial attention on ``device_type``."""
     try:
         from ..ops.extension import extension_status  # type: ignore[import-not-found]
 
         status = extension_status()
         impl = status.get("ops", {}).get("partial_attention", {})
-        return bool(status.get("loaded")) and impl.get("cuda") == "compiled"
+        return bool(status.get("loaded")) and impl.get(device_type) == "compiled"
     except Exception:  # noqa: BLE001 - no extension module or an unexpected status layout
         return False
 
 
 @contextlib.contextmanager
-def attention_path(kind: str) -> Iterator[str]:
+def attention_path(kind: str, device_type: str = "cuda") -> Iterator[str]:
     """``ops``: the library's dispatch; ``sdpa``: :func:`sdpa_partial_attention` patched into
     ``dllm_core.ops`` for the duration (a benchmark-only override); ``auto``: ``ops`` when the
-    extension has a CUDA kernel, else ``sdpa``.  Yields the path used."""
+    extension has a kernel for the device, else ``sdpa``.  Yields the path used."""
+    compiled = extension_attention_on(device_type)
     if kind == "auto":
-        kind = "ops" if extension_attention_on_cuda() else "sdpa"
+        kind = "ops" if compiled else "sdpa"
     if kind == "ops":
-        yield "ops (extension)" if extension_attention_on_cuda() else "ops (reference)"
+        yield "ops (extension)" if compiled else "ops (reference)"
         return
     if kind != "sdpa":
         raise ValueError(f"unknown attention path {kind!r} (ops, sdpa, auto)")
@@ -230,9 +233,9 @@ def run_case(model: DiffusionLM, case: Case, cost: ModelCost, ceilings: dict[str
                  scheduler_options=case.scheduler_options, device=device, cuda_graphs=cuda and not case.eager)
     graphed = eng.forward
     timed = TimedForward(graphed)
-    eng.forward = timed
+    eng.forward = timed  # type: ignore[assignment]  # same call signature as the model
     prompts = random_prompts(model.spec, case.batch_size, case.prompt_length)
-    settings = {"gen_length": case.gen_length, "block_length": case.block_length, "steps": case.total_steps()}
+    settings: dict[str, Any] = {"gen_length": case.gen_length, "block_length": case.block_length, "steps": case.total_steps()}
     try:
         for _ in range(case.warmup_runs):
             eng.generate_ids(prompts, **settings)

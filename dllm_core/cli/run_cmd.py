@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             obj = {"text": res.texts[0] if len(batch) == 1 else res.texts, "token_ids": res.token_ids,
                    "nfe": res.nfe, "steps": res.steps, "seconds": round(res.seconds, 6),
-                   "generated_tokens": res.generated_tokens, "tokens_per_second": res.tokens_per_second,
+                   "generated_tokens": res.generated_tokens, "tokens_per_second": res.tokens_per_second, "stats": res.stats,
                    "config": res.config}
             if res.trace is not None:
                 obj["trace"] = [t.__dict__ for t in res.trace]
