@@ -101,15 +101,24 @@ class Engine:
             tokenizer = load_tokenizer(path)
         return loaded, tokenizer
 
+    def _generation_config(self) -> dict[str, Any]:
+        path = self.model_dir / "generation_config.json" if self.model_dir is not None else None
+        return json.loads(path.read_text()) if path is not None and path.exists() else {}
+
     def _stop_ids(self) -> set[int]:
         ids = {int(self.model.spec.eos_id)}
         eos = getattr(self.tokenizer, "eos_token_id", None)
         if isinstance(eos, int):
             ids.add(eos)
-        if self.model_dir is not None and (self.model_dir / "generation_config.json").exists():
-            gen_eos = json.loads((self.model_dir / "generation_config.json").read_text()).get("eos_token_id")
-            ids.update([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []))
+        gen_eos = self._generation_config().get("eos_token_id")
+        ids.update([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []))
         return ids
+
+    @property
+    def default_gen_length(self) -> int:
+        """``gen_length`` (or ``max_new_tokens``) of the model's generation_config.json, else 128."""
+        cfg = self._generation_config()
+        return int(cfg.get("gen_length") or cfg.get("max_new_tokens") or 128)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **kwargs: Any) -> "Engine":
@@ -139,9 +148,11 @@ class Engine:
             prompts = [prompts]
         return self.generate_ids(self.encode(list(prompts), chat), **settings)
 
-    def settings(self, *, gen_length: int = 128, block_length: int | None = None, steps: int | None = None,
+    def settings(self, *, gen_length: int | None = None, block_length: int | None = None, steps: int | None = None,
                  temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
         """Validated generation settings (defaults filled in)."""
+        if gen_length is None:
+            gen_length = self.default_gen_length
         if gen_length < 1:
             raise OptionError(f"option 'gen_length' must be >= 1, got {gen_length}")
         block_length = gen_length if block_length is None else block_length
@@ -169,10 +180,11 @@ class Engine:
                                vocab_size=spec.vocab_size, tokenizer=self.tokenizer)
 
     @torch.inference_mode()
-    def generate_ids(self, input_ids: Sequence[Sequence[int]], *, gen_length: int = 128,
+    def generate_ids(self, input_ids: Sequence[Sequence[int]], *, gen_length: int | None = None,
                      block_length: int | None = None, steps: int | None = None, temperature: float = 0.0,
                      seed: int = 0, trace: bool = False, progress: bool | None = None) -> GenerationResult:
-        """Decode ``gen_length`` masked tokens after each prompt.
+        """Decode ``gen_length`` masked tokens after each prompt (default: the model's
+        generation_config.json ``gen_length`` / ``max_new_tokens``, else 128).
 
         :param block_length: semi-autoregressive block size (default: one block).
         :param steps: total denoising-step budget for fixed-schedule schedulers (default: gen_length).

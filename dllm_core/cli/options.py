@@ -32,7 +32,7 @@ def add_strategy_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: the checkpoint's")
     s = p.add_argument_group("generation")
-    s.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: 128, eval: per task)")
+    s.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: the model's generation_config.json, else 128; eval: per task)")
     s.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block size (default: one block)")
     s.add_argument("--steps", type=int, default=None, help="denoising-step budget (default: gen length)")
     s.add_argument("--temperature", type=float, default=0.0)
@@ -49,6 +49,6 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "device": args.device, "dtype": args.dtype}
 
 
-def generation_kwargs(args: argparse.Namespace, default_gen_length: int = 128) -> dict[str, Any]:
+def generation_kwargs(args: argparse.Namespace, default_gen_length: int | None = None) -> dict[str, Any]:
     return {"gen_length": args.gen_length or default_gen_length, "block_length": args.block_length,
             "steps": args.steps, "temperature": args.temperature, "seed": args.seed}
