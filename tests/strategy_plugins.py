@@ -1,41 +1,14 @@
-"""Test helpers for the paper strategies: their plugin modules and tiny causal LMs for the guide.
-
-The strategy plugins register through the ``dllm_core`` entry-point group (read from
-pyproject.toml in an uninstalled source tree).  An installed distribution whose entry points
-predate a strategy would hide it, so :data:`PLUGINS` holds the strategy modules the default
-plugin manager did not load (normally none), and the tests pass them to every engine.
-"""
+"""Test helpers for the paper strategies: tiny causal LMs standing in for the guide model."""
 
 from __future__ import annotations
 
-import importlib
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dllm_core import Registry, make_plugin_manager
 
-#: plugin module -> (kind, a name it registers)
-_MODULES = {"dllm_plugins.fast_dllm": ("cache", "dual"), "dllm_plugins.flash_dlm": ("cache", "freecache"),
-            "dllm_plugins.d2cache": ("cache", "d2cache")}
-
-
-def strategy_plugins() -> list[object]:
-    """The strategy plugin modules that the default plugin manager does not load by itself."""
-    registry = Registry.from_plugin_manager(make_plugin_manager())
-    out = []
-    for module, (kind, name) in _MODULES.items():
-        if name not in registry.names(kind):
-            try:
-                out.append(importlib.import_module(module))
-            except ImportError:  # a strategy that is not written yet
-                pass
-    return out
-
-
-PLUGINS = strategy_plugins()
 
 
 class TokenCache:

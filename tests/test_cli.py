@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
 import dllm_core.engine as engine_mod
 from dllm_core.cli.main import main

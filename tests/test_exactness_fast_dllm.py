@@ -16,7 +16,6 @@ import torch
 
 from dllm_core import Engine, ForwardPlan
 from dllm_core.testing.helpers import StateRecorder, candidates_of, make_output, make_state, tiny_model
-from strategy_plugins import PLUGINS
 
 PROMPTS = [[3, 4, 5, 6, 7], [9, 10]]
 
@@ -25,7 +24,7 @@ def generate(family: str, cache: str = "none", scheduler: str = "low_confidence"
              scheduler_options: Any = None, **settings: Any) -> tuple[torch.Tensor, Any]:
     rec = StateRecorder()
     engine = Engine(model=tiny_model(family), cache=cache, cache_options=cache_options, scheduler=scheduler,
-                    scheduler_options=scheduler_options, device="cpu", plugins=[*PLUGINS, rec])
+                    scheduler_options=scheduler_options, device="cpu", plugins=[rec])
     res = engine.generate_ids(PROMPTS, trace=True, **{"gen_length": 16, "block_length": 8, **settings})
     return rec.generated(), res
 
@@ -80,7 +79,7 @@ def test_default_caches_run_and_compute_fewer_rows(family: str, cache: str) -> N
 
 
 def _recorded_plans(family: str, cache: str, **settings: Any) -> list[tuple[int, int, ForwardPlan]]:
-    engine = Engine(model=tiny_model(family), cache=cache, scheduler="threshold", device="cpu", plugins=PLUGINS)
+    engine = Engine(model=tiny_model(family), cache=cache, scheduler="threshold", device="cpu")
     policy, seen = engine.strategy.cache, []
     plan_fn = policy.plan
 
@@ -113,7 +112,7 @@ def test_cached_steps_recompute_the_right_rows(family: str, cache: str) -> None:
 def test_refresh_every_k_adds_periodic_refreshes() -> None:
     assert sum(p.is_refresh for _, _, p in _recorded_plans("llada", "dual")) == 2  # default: block starts only
     engine = Engine(model=tiny_model("llada"), cache="dual", cache_options={"refresh_every": 2},
-                    scheduler="threshold", scheduler_options={"threshold": 2.0}, device="cpu", plugins=PLUGINS)
+                    scheduler="threshold", scheduler_options={"threshold": 2.0}, device="cpu")
     res = engine.generate_ids(PROMPTS, gen_length=16, block_length=8, trace=True)
     T = len(PROMPTS[0]) + 16
     assert [t.rows_computed == T for t in res.trace] == [i % 2 == 0 for i in range(8)] * 2
@@ -136,7 +135,7 @@ def _select(name: str, conf: list[list[float]], masked: Any = None, **options: A
                        masked=masked)
     out = make_output(state, _logits(conf))
     cands = candidates_of(state, out.positions)
-    sched = build_component("scheduler", name, options, PLUGINS)
+    sched = build_component("scheduler", name, options)
     commit = sched.select(state, out, cands)
     assert torch.equal(commit.tokens[cands], torch.zeros_like(commit.tokens[cands]))
     return commit.mask

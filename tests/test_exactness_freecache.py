@@ -17,7 +17,7 @@ import torch
 from dllm_core import Commit, Engine, ForwardPlan, IncompatibleStrategyError
 from dllm_core.testing.helpers import StateRecorder, make_state, tiny_model
 from dllm_plugins.ar_guide import ARGuide, vocabulary_mismatch
-from strategy_plugins import PLUGINS, TinyCausalLM
+from strategy_plugins import TinyCausalLM
 
 PROMPTS = [[3, 4, 5, 6, 7], [9, 10]]
 
@@ -26,7 +26,7 @@ def generate(family: str, cache: str = "none", scheduler: str = "low_confidence"
              cache_options: Any = None, prompts: Any = PROMPTS, **settings: Any) -> tuple[torch.Tensor, Any, Any]:
     rec = StateRecorder()
     engine = Engine(model=tiny_model(family), cache=cache, cache_options=cache_options, scheduler=scheduler,
-                    guide=guide, device="cpu", plugins=[*PLUGINS, rec])
+                    guide=guide, device="cpu", plugins=[rec])
     res = engine.generate_ids(prompts, trace=True, **{"gen_length": 16, "block_length": 8, **settings})
     return rec.generated(), res, rec.state
 
@@ -49,7 +49,7 @@ def test_window_covering_everything_equals_no_cache(family: str, scheduler: str,
 
 def _plans(family: str, options: dict, **settings: Any) -> list[tuple[int, int, int, int, ForwardPlan]]:
     """(frontier, block_start, block_end, step, plan) of every step of a generation."""
-    engine = Engine(model=tiny_model(family), cache="freecache", cache_options=options, device="cpu", plugins=PLUGINS)
+    engine = Engine(model=tiny_model(family), cache="freecache", cache_options=options, device="cpu")
     policy, seen = engine.strategy.cache, []
     plan_fn = policy.plan
 
@@ -225,9 +225,9 @@ def test_engine_refuses_a_guide_with_another_vocabulary() -> None:
     words = {f"w{i}": i for i in range(128)}
     swapped = {**words, "w5": 6, "w6": 5}
     engine = Engine(model=tiny_model("llada"), guide=ARGuide(causal_lm=TinyCausalLM(), tokenizer=_Vocab(swapped)),
-                    tokenizer=_Vocab(words), device="cpu", plugins=PLUGINS)
+                    tokenizer=_Vocab(words), device="cpu")
     with pytest.raises(IncompatibleStrategyError, match=r"guide 'ar': .*guide token 'w6' \(id 5\) has id 6"):
         engine.generate_ids(PROMPTS, gen_length=8)
-    engine = Engine(model=tiny_model("llada"), guide="ar", device="cpu", plugins=PLUGINS)
+    engine = Engine(model=tiny_model("llada"), guide="ar", device="cpu")
     with pytest.raises(IncompatibleStrategyError, match="option 'model' is required"):
         engine.generate_ids(PROMPTS, gen_length=8)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+
 from torch import Tensor
 
 from .rope import apply_rope
