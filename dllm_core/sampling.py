@@ -42,6 +42,17 @@ def gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     return race.argmax(dim=-1)
 
 
+def sample_plain_confidence(logits: Tensor, *, temperature: float = 0.0,
+                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """LLaDA's rule: the argmax, or a sample of softmax(logits / temperature) (its Gumbel trick), with
+    the confidence taken from the *untempered* softmax.  Returns ``(tokens, confidence)`` in float32;
+    p(token) = exp(logit - logsumexp), so no (.., V) probability tensor is materialised."""
+    logits = logits.float()
+    tokens = gumbel_argmax(logits / temperature, generator) if temperature > 0 else logits.argmax(-1)
+    conf = (logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).exp()
+    return tokens, conf
+
+
 def choose_tokens(logits: Tensor, *, temperature: float = 0.0, generator: torch.Generator | None = None,
                   top_p: float | None = None, top_k: int | None = None,
                   confidence: ConfidenceKind = "max_prob") -> tuple[Tensor, Tensor]:

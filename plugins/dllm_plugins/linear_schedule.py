@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from dllm_core import Commit, DecodeState, ForwardOutput, Options, Scheduler, StrategyContext, check_range
-from dllm_core.sampling import gumbel_argmax, select_top
+from dllm_core.sampling import sample_plain_confidence, select_top
 
 
 def linear_transfer_counts(masked_per_row: Tensor, steps: int) -> Tensor:
@@ -56,15 +56,9 @@ class _LinearSchedule(Scheduler):
         self.counts = linear_transfer_counts(masked, self.steps_per_block)
 
     def select(self, state: DecodeState, out: ForwardOutput, candidates: Tensor) -> Commit:
-        logits = out.logits
-        if state.temperature > 0:
-            tokens = gumbel_argmax(logits.float() / state.temperature, state.generator)
-        else:
-            tokens = logits.argmax(-1)
+        tokens, conf = sample_plain_confidence(out.logits, temperature=state.temperature, generator=state.generator)
         if self.random_order:
             conf = torch.rand(tokens.shape, generator=state.generator, device=tokens.device)
-        else:
-            conf = torch.softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         step = min(state.step_in_block, self.steps_per_block - 1)
         counts = self.counts[:, step].clamp_min(1)  # never stall if a cache skipped candidates earlier
         mask = select_top(conf, counts, candidates)

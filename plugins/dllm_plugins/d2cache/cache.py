@@ -35,6 +35,7 @@ from torch import Tensor
 from dllm_core import (CachePolicy, Commit, DecodeState, DllmError, ForwardOutput, ForwardPlan, OptionError, Options,
                        check_range)
 from dllm_core.ops import certainty_density_topk
+from dllm_core.sampling import sample_plain_confidence
 
 from .nucleus import inflate_gaps, lexicographic_order, nucleus_select, rows_from_mask
 from .rollout import rollout_influence
@@ -154,8 +155,7 @@ def _padding_position(state: DecodeState, rows: Tensor, needed: Tensor) -> Tenso
 
 def max_probability(logits: Tensor) -> Tensor:
     """(..., ) float32 probability of the most likely token (the ``maskgit_plus`` confidence)."""
-    logits = logits.to(torch.float32)
-    return (logits.max(-1).values - torch.logsumexp(logits, -1)).exp()
+    return sample_plain_confidence(logits)[1]
 
 
 class D2Cache(CachePolicy):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dllm_core import Commit, DecodeState, ForwardOutput, Options, Scheduler, check_range
-from dllm_core.sampling import choose_tokens, gumbel_argmax, select_top
+from dllm_core.sampling import choose_tokens, sample_plain_confidence, select_top
 
 
 def draft_tokens(state: DecodeState, logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,14 +34,7 @@ def draft_tokens(state: DecodeState, logits: Tensor) -> tuple[Tensor, Tensor]:
     """
     if state.shifted_logits:
         return choose_tokens(logits, temperature=state.temperature, generator=state.generator)
-    logits = logits.float()
-    if state.temperature > 0:
-        tokens = gumbel_argmax(logits / state.temperature, state.generator)
-    else:
-        tokens = logits.argmax(-1)
-    # p(token) = exp(logit - logsumexp): no (B, r, V) probability tensor is materialised
-    conf = (logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).exp()
-    return tokens, conf
+    return sample_plain_confidence(logits, temperature=state.temperature, generator=state.generator)
 
 
 def top_one(scores: Tensor, candidates: Tensor) -> Tensor:
