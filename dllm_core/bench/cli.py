@@ -76,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="auto", choices=["auto", "ops", "sdpa"],
                    help="ops: the library's dispatch; sdpa: a benchmark-only SDPA override; "
                         "auto: ops when the extension has CUDA attention, else sdpa")
+    p.add_argument("--profile", action="store_true", help="kernel breakdown of a cached step (torch.profiler)")
     p.add_argument("--warmup-runs", type=int, default=1)
     p.add_argument("--timed-runs", type=int, default=1)
     p.add_argument("--suite", choices=["issue6", "kernels", "quick"], help="predefined cases (see report.py)")
@@ -108,7 +109,8 @@ def case_from_args(a: argparse.Namespace) -> Case:
                 cache_options=_options(a.cache_opt), scheduler_options=_options(a.sched_opt),
                 batch_size=a.batch_size, prompt_length=a.prompt_length, gen_length=a.gen_length,
                 block_length=a.block_length, fixed_per_step=a.fixed_per_step,
-                steps=a.steps, eager=a.eager, warmup_runs=a.warmup_runs, timed_runs=a.timed_runs)
+                steps=a.steps, eager=a.eager, warmup_runs=a.warmup_runs, timed_runs=a.timed_runs,
+                profile=a.profile)
 
 
 def _build(a: argparse.Namespace, model_name: str, device: torch.device, dtype: torch.dtype):

@@ -192,18 +192,21 @@ def profile_forward(forward: Any, args: tuple[Any, ...], reps: int = 5) -> dict[
                 torch.cuda.synchronize()
             wall = start.elapsed_time(end) / reps if cuda else (time.perf_counter() - t0) * 1e3 / reps
     by: dict[str, list[float]] = {}
+    named: list[tuple[float, float, str]] = []
     for ev in prof.key_averages():
         us = (getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0.0)) if cuda \
             else ev.self_cpu_time_total
         if not us or ev.count == 0:
             continue
+        named.append((us / 1e3 / reps, ev.count / reps, ev.key[:80]))
         cat = by.setdefault(_category(ev.key), [0.0, 0.0])
         cat[0] += ev.count / reps
         cat[1] += us / 1e3 / reps
     busy = sum(v[1] for v in by.values())
     return {"kernels": int(sum(v[0] for v in by.values())), "kernel_ms": round(busy, 3), "event_ms": round(wall, 3),
             "idle_ms": round(wall - busy, 3),
-            **{f"{k}_ms": round(v[1], 3) for k, v in by.items()}, **{f"{k}_kernels": int(v[0]) for k, v in by.items()}}
+            **{f"{k}_ms": round(v[1], 3) for k, v in by.items()}, **{f"{k}_kernels": int(v[0]) for k, v in by.items()},
+            "top": [[name, round(n, 1), round(ms, 4)] for ms, n, name in sorted(named, reverse=True)[:15]]}
 
 
 # -- one case -------------------------------------------------------------------------------------
