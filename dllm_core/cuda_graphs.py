@@ -280,11 +280,20 @@ class GraphedForward:
         # Warm-up on a side stream (lazy initialisation, cuBLAS workspaces, autotuning).  Running
         # the forward on the current inputs is harmless: it is idempotent (it writes the rows' K/V
         # from the same inputs), and the caller's call replays the graph right after.
+        # The warm-up runs with host synchronisations turned into errors: a forward that syncs
+        # fails here, before any capture starts.  A capture that fails midway is worse than
+        # slow: it can leave the CUDA generator registered with the dead graph, after which
+        # every random op of the process raises ("Offset increment outside graph capture").
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(self.warmup):
-                self._static_forward(slot, entry)
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.cuda.stream(stream):
+                for _ in range(max(1, self.warmup)):
+                    self._static_forward(slot, entry)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):

@@ -11,6 +11,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../check.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -26,14 +28,14 @@ int64_t density_radius(double sigma) { return std::max<int64_t>(1, static_cast<i
 std::tuple<at::Tensor, at::Tensor> certainty_density_topk_cpu(const at::Tensor& known, const at::Tensor& confidence,
                                                               const at::Tensor& candidates, double sigma,
                                                               int64_t k) {
-  TORCH_CHECK(known.dim() == 2 && known.sizes() == confidence.sizes() && known.sizes() == candidates.sizes(),
+  DLLM_CHECK(known.dim() == 2 && known.sizes() == confidence.sizes() && known.sizes() == candidates.sizes(),
               "certainty_density_topk: known, confidence and candidates must all be (B, G)");
-  TORCH_CHECK(known.scalar_type() == at::kBool && candidates.scalar_type() == at::kBool,
+  DLLM_CHECK(known.scalar_type() == at::kBool && candidates.scalar_type() == at::kBool,
               "certainty_density_topk: known and candidates must be bool");
-  TORCH_CHECK(at::isFloatingType(confidence.scalar_type()), "certainty_density_topk: confidence must be floating");
-  TORCH_CHECK(sigma > 0.0 && k >= 0, "certainty_density_topk: needs sigma > 0 and k >= 0");
+  DLLM_CHECK(at::isFloatingType(confidence.scalar_type()), "certainty_density_topk: confidence must be floating");
+  DLLM_CHECK(sigma > 0.0 && k >= 0, "certainty_density_topk: needs sigma > 0 and k >= 0");
   for (const auto* t : {&known, &confidence, &candidates})
-    TORCH_CHECK(t->device().is_cpu(), "certainty_density_topk: expected CPU tensors");
+    DLLM_CHECK(t->device().is_cpu(), "certainty_density_topk: expected CPU tensors");
   const int64_t B = known.size(0), G = known.size(1), kk = std::min(k, G);
   auto scores = at::empty({B, G}, confidence.options().dtype(at::kFloat));
   auto top = at::empty({B, kk}, confidence.options().dtype(at::kLong));

@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "../check.h"
+
 #include <cmath>
 #include <vector>
 
@@ -69,26 +71,26 @@ void update_rows(const at::Tensor& k_cache, const at::Tensor& v_cache, const at:
 void kv_cache_update_cpu(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
                          const at::Tensor& v, const at::Tensor& rows, const at::Tensor& positions,
                          double theta) {
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
+  DLLM_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
               "kv_cache_update: k_cache and v_cache must both be (B, T, Hkv, D)");
-  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes(), "kv_cache_update: k and v must both be (B, q, Hkv, D)");
+  DLLM_CHECK(k.dim() == 4 && k.sizes() == v.sizes(), "kv_cache_update: k and v must both be (B, q, Hkv, D)");
   const int64_t B = k_cache.size(0), T = k_cache.size(1);
-  TORCH_CHECK(k.size(0) == B && k.size(2) == k_cache.size(2) && k.size(3) == k_cache.size(3),
+  DLLM_CHECK(k.size(0) == B && k.size(2) == k_cache.size(2) && k.size(3) == k_cache.size(3),
               "kv_cache_update: k (B, q, Hkv, D) does not match the cache's (B, T, Hkv, D)");
-  TORCH_CHECK(k.size(3) % 2 == 0, "kv_cache_update: head_dim must be even for rotate-half RoPE");
-  TORCH_CHECK(rows.dim() == 2 && rows.size(0) == B && rows.size(1) == k.size(1) && rows.sizes() == positions.sizes(),
+  DLLM_CHECK(k.size(3) % 2 == 0, "kv_cache_update: head_dim must be even for rotate-half RoPE");
+  DLLM_CHECK(rows.dim() == 2 && rows.size(0) == B && rows.size(1) == k.size(1) && rows.sizes() == positions.sizes(),
               "kv_cache_update: rows and positions must be (B, q)");
-  TORCH_CHECK(rows.scalar_type() == at::kLong && positions.scalar_type() == at::kLong,
+  DLLM_CHECK(rows.scalar_type() == at::kLong && positions.scalar_type() == at::kLong,
               "kv_cache_update: rows and positions must be int64");
-  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type() &&
+  DLLM_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type() &&
                   k.scalar_type() == v.scalar_type(),
               "kv_cache_update: k, v and both caches must share one dtype");
   for (const auto* t : {&k_cache, &v_cache, &k, &v, &rows, &positions})
-    TORCH_CHECK(t->device().is_cpu(), "kv_cache_update: expected CPU tensors");
+    DLLM_CHECK(t->device().is_cpu(), "kv_cache_update: expected CPU tensors");
   if (rows.numel() == 0) return;
   const auto rc = rows.contiguous(), pc = positions.contiguous();
   // The reference's scatter_ rejects out-of-range rows; so do we, before writing anything.
-  TORCH_CHECK(rc.min().item<int64_t>() >= 0 && rc.max().item<int64_t>() < T,
+  DLLM_CHECK(rc.min().item<int64_t>() >= 0 && rc.max().item<int64_t>() < T,
               "kv_cache_update: rows out of range [0, ", T, ")");
   const auto inv_freq = rope_inv_freq(k.size(3), theta);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k.scalar_type(), "kv_cache_update_cpu", [&] {

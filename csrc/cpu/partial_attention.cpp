@@ -12,6 +12,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../check.h"
+
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -103,18 +105,18 @@ void attention_cpu(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor> partial_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
                                                          const at::Tensor& v_cache, const at::Tensor& key_mask,
                                                          double scale, bool return_probs) {
-  TORCH_CHECK(q.dim() == 4 && k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
+  DLLM_CHECK(q.dim() == 4 && k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
               "partial_attention: expected q (B, q, H, D) and caches (B, T, Hkv, D)");
   const int64_t B = q.size(0), n = q.size(1), H = q.size(2), D = q.size(3), T = k_cache.size(1);
-  TORCH_CHECK(k_cache.size(0) == B && k_cache.size(3) == D && k_cache.size(2) > 0 && H % k_cache.size(2) == 0,
+  DLLM_CHECK(k_cache.size(0) == B && k_cache.size(3) == D && k_cache.size(2) > 0 && H % k_cache.size(2) == 0,
               "partial_attention: caches must be (B, T, Hkv, D) with H % Hkv == 0");
-  TORCH_CHECK(key_mask.dim() == 2 && key_mask.size(0) == B && key_mask.size(1) == T &&
+  DLLM_CHECK(key_mask.dim() == 2 && key_mask.size(0) == B && key_mask.size(1) == T &&
                   key_mask.scalar_type() == at::kBool,
               "partial_attention: key_mask must be a (B, T) bool tensor");
-  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+  DLLM_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
               "partial_attention: q and the caches must share one dtype");
   for (const auto* t : {&q, &k_cache, &v_cache, &key_mask})
-    TORCH_CHECK(t->device().is_cpu(), "partial_attention: expected CPU tensors");
+    DLLM_CHECK(t->device().is_cpu(), "partial_attention: expected CPU tensors");
   auto out = at::empty(q.sizes(), q.options());
   auto probs = return_probs ? at::empty({B, n, T}, q.options().dtype(at::kFloat))
                             : at::empty({0}, q.options().dtype(at::kFloat));

@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../check.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -27,14 +29,14 @@ dc::DType to_dtype(at::ScalarType t) {
     case at::kBFloat16: return dc::DType::kBFloat16;
     case at::kHalf: return dc::DType::kFloat16;
     case at::kFloat: return dc::DType::kFloat32;
-    default: TORCH_CHECK(false, "dllm_core: unsupported dtype ", t, " (expected bfloat16, float16 or float32)");
+    default: DLLM_CHECK(false, "dllm_core: unsupported dtype ", t, " (expected bfloat16, float16 or float32)");
   }
 }
 
 void check_cuda(const char* op, std::initializer_list<const at::Tensor*> ts) {
   const auto dev = (*ts.begin())->device();
   for (const auto* t : ts)
-    TORCH_CHECK(t->is_cuda() && t->device() == dev, op, ": expected CUDA tensors on one device, got ", t->device());
+    DLLM_CHECK(t->is_cuda() && t->device() == dev, op, ": expected CUDA tensors on one device, got ", t->device());
 }
 
 // True when 16-byte vectors of `t` are aligned: data pointer and the strides of dims [0, 3).
@@ -50,27 +52,27 @@ void copy_strides(int64_t (&dst)[3], const at::Tensor& t) {
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+  DLLM_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
 void kv_cache_update_cuda(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k_in,
                           const at::Tensor& v_in, const at::Tensor& rows_in, const at::Tensor& positions_in,
                           double theta) {
   const char* op = "kv_cache_update";
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(), op, ": caches must both be (B, T, Hkv, D)");
-  TORCH_CHECK(k_in.dim() == 4 && k_in.sizes() == v_in.sizes(), op, ": k and v must both be (B, q, Hkv, D)");
-  TORCH_CHECK(k_in.size(0) == k_cache.size(0) && k_in.size(2) == k_cache.size(2) && k_in.size(3) == k_cache.size(3),
+  DLLM_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(), op, ": caches must both be (B, T, Hkv, D)");
+  DLLM_CHECK(k_in.dim() == 4 && k_in.sizes() == v_in.sizes(), op, ": k and v must both be (B, q, Hkv, D)");
+  DLLM_CHECK(k_in.size(0) == k_cache.size(0) && k_in.size(2) == k_cache.size(2) && k_in.size(3) == k_cache.size(3),
               op, ": k (B, q, Hkv, D) does not match the cache's (B, T, Hkv, D)");
-  TORCH_CHECK(k_in.size(3) % 2 == 0, op, ": head_dim must be even for rotate-half RoPE");
-  TORCH_CHECK(rows_in.dim() == 2 && rows_in.size(0) == k_in.size(0) && rows_in.size(1) == k_in.size(1) &&
+  DLLM_CHECK(k_in.size(3) % 2 == 0, op, ": head_dim must be even for rotate-half RoPE");
+  DLLM_CHECK(rows_in.dim() == 2 && rows_in.size(0) == k_in.size(0) && rows_in.size(1) == k_in.size(1) &&
                   rows_in.sizes() == positions_in.sizes(),
               op, ": rows and positions must be (B, q)");
-  TORCH_CHECK(rows_in.scalar_type() == at::kLong && positions_in.scalar_type() == at::kLong, op,
+  DLLM_CHECK(rows_in.scalar_type() == at::kLong && positions_in.scalar_type() == at::kLong, op,
               ": rows and positions must be int64");
-  TORCH_CHECK(k_in.scalar_type() == k_cache.scalar_type() && v_in.scalar_type() == v_cache.scalar_type() &&
+  DLLM_CHECK(k_in.scalar_type() == k_cache.scalar_type() && v_in.scalar_type() == v_cache.scalar_type() &&
                   k_in.scalar_type() == v_in.scalar_type(),
               op, ": k, v and both caches must share one dtype");
-  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1, op, ": the caches' last dim must be contiguous");
+  DLLM_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1, op, ": the caches' last dim must be contiguous");
   check_cuda(op, {&k_cache, &v_cache, &k_in, &v_in, &rows_in, &positions_in});
   const c10::cuda::CUDAGuard guard(k_cache.device());
   const auto k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
@@ -102,18 +104,18 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
                                                           const at::Tensor& v_in, const at::Tensor& mask_in,
                                                           double scale, bool return_probs) {
   const char* op = "partial_attention";
-  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && k_in.sizes() == v_in.sizes(), op,
+  DLLM_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && k_in.sizes() == v_in.sizes(), op,
               ": expected q (B, q, H, D) and caches (B, T, Hkv, D)");
   const int64_t B = q_in.size(0), n = q_in.size(1), H = q_in.size(2), D = q_in.size(3), T = k_in.size(1);
   const int64_t Hkv = k_in.size(2);
-  TORCH_CHECK(k_in.size(0) == B && k_in.size(3) == D && Hkv > 0 && H % Hkv == 0, op,
+  DLLM_CHECK(k_in.size(0) == B && k_in.size(3) == D && Hkv > 0 && H % Hkv == 0, op,
               ": caches must be (B, T, Hkv, D) with H % Hkv == 0");
-  TORCH_CHECK(mask_in.dim() == 2 && mask_in.size(0) == B && mask_in.size(1) == T && mask_in.scalar_type() == at::kBool,
+  DLLM_CHECK(mask_in.dim() == 2 && mask_in.size(0) == B && mask_in.size(1) == T && mask_in.scalar_type() == at::kBool,
               op, ": key_mask must be a (B, T) bool tensor");
-  TORCH_CHECK(q_in.scalar_type() == k_in.scalar_type() && q_in.scalar_type() == v_in.scalar_type(), op,
+  DLLM_CHECK(q_in.scalar_type() == k_in.scalar_type() && q_in.scalar_type() == v_in.scalar_type(), op,
               ": q and the caches must share one dtype");
   const auto dtype = to_dtype(q_in.scalar_type());
-  TORCH_CHECK(dc::attention_supported(dtype, static_cast<int>(D)), op,
+  DLLM_CHECK(dc::attention_supported(dtype, static_cast<int>(D)), op,
               ": the CUDA kernel takes bfloat16/float16 with head_dim 64 or 128 (got ", q_in.scalar_type(), ", ", D,
               "); dllm_core.ops.partial_attention uses the reference for other inputs");
   check_cuda(op, {&q_in, &k_in, &v_in, &mask_in});
@@ -165,17 +167,17 @@ std::tuple<at::Tensor, at::Tensor> certainty_density_topk_cuda(const at::Tensor&
                                                                const at::Tensor& candidates_in, double sigma,
                                                                int64_t k) {
   const char* op = "certainty_density_topk";
-  TORCH_CHECK(known_in.dim() == 2 && known_in.sizes() == confidence_in.sizes() &&
+  DLLM_CHECK(known_in.dim() == 2 && known_in.sizes() == confidence_in.sizes() &&
                   known_in.sizes() == candidates_in.sizes(),
               op, ": known, confidence and candidates must all be (B, G)");
-  TORCH_CHECK(known_in.scalar_type() == at::kBool && candidates_in.scalar_type() == at::kBool, op,
+  DLLM_CHECK(known_in.scalar_type() == at::kBool && candidates_in.scalar_type() == at::kBool, op,
               ": known and candidates must be bool");
-  TORCH_CHECK(at::isFloatingType(confidence_in.scalar_type()), op, ": confidence must be floating");
-  TORCH_CHECK(sigma > 0.0 && k >= 0, op, ": needs sigma > 0 and k >= 0");
+  DLLM_CHECK(at::isFloatingType(confidence_in.scalar_type()), op, ": confidence must be floating");
+  DLLM_CHECK(sigma > 0.0 && k >= 0, op, ": needs sigma > 0 and k >= 0");
   check_cuda(op, {&known_in, &confidence_in, &candidates_in});
   const int64_t B = known_in.size(0), G = known_in.size(1), kk = std::min(k, G);
   const int64_t R = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(5.0 * sigma)));
-  TORCH_CHECK(G <= dc::density_max_columns() && R <= dc::density_max_radius(), op, ": the CUDA kernel takes G <= ",
+  DLLM_CHECK(G <= dc::density_max_columns() && R <= dc::density_max_radius(), op, ": the CUDA kernel takes G <= ",
               dc::density_max_columns(), " and ceil(5 sigma) <= ", dc::density_max_radius(),
               "; dllm_core.ops.certainty_density_topk uses the reference beyond");
   const c10::cuda::CUDAGuard guard(known_in.device());
