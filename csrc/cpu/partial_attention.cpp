@@ -1,105 +1,62 @@
 // CPU kernel of dllm_core::partial_attention (semantics: dllm_core/ops/partial_attention.py).
 //
-// Pass 1, one task per (batch, query row, head): online softmax over the unmasked keys in float32,
-// keeping only a D-float accumulator, so nothing of size (B, H, q, T) is ever allocated.  It
-// records each task's final max and sum.  Pass 2 (only when probabilities are requested), one
-// task per (batch, query row): recompute the scores head by head, normalise them with the stored
-// max/sum and accumulate the head mean straight into the (B, q, T) float32 output row.
+// One task per batch row: its queries are scored against the whole cache with one batched BLAS
+// matmul over the kv heads (float32 scores (H, q, T) of this batch row only, so nothing of size
+// (B, H, q, T) ever exists), masked, soft-maxed in float32 and multiplied by V; the head mean goes
+// straight into the (B, q, T) probability row when asked.  An earlier scalar online-softmax loop
+// was 2-30x slower than the reference's einsum at every size we tried (measured on 1 thread:
+// benchmarks/results/cpu_attention_2026-11-23.txt), which is why the work goes through BLAS.
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "../check.h"
 
-#include <cmath>
 #include <limits>
 #include <tuple>
-#include <vector>
 
 namespace dllm_core {
 namespace {
 
-template <typename scalar_t>
-inline float dot(const float* q, const scalar_t* k, int64_t D) {
-  float s = 0.f;
-  for (int64_t d = 0; d < D; ++d) s += q[d] * static_cast<float>(k[d]);
-  return s;
+// Attention of batch b's rows: one batched matmul over the kv heads, each kv head's group of query
+// heads stacked as rows.  Writes out[b] and, when defined, the head mean into probs[b].
+void attend_batch(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& mask,
+                  double scale, int64_t b, at::Tensor& out, at::Tensor& probs) {
+  const int64_t n = q.size(1), H = q.size(2), D = q.size(3), Hkv = kc.size(2), group = H / Hkv;
+  // (n, H, D) -> (Hkv, group * n, D): rows of one kv head's query heads, head-major
+  const auto qb = q[b].reshape({n, Hkv, group, D}).permute({1, 2, 0, 3}).reshape({Hkv, group * n, D})
+                      .to(at::kFloat);
+  const auto k = kc[b].permute({1, 0, 2}).to(at::kFloat);  // (Hkv, T, D)
+  const auto v = vc[b].permute({1, 0, 2}).to(at::kFloat);
+  auto s = at::matmul(qb, k.transpose(1, 2)).mul_(scale);  // (Hkv, group * n, T)
+  s.masked_fill_(mask[b].logical_not(), -std::numeric_limits<float>::infinity());
+  const auto p = at::softmax(s, -1);  // a row with every key masked is NaN, as in the reference
+  // (Hkv, group * n, D) -> (n, H, D)
+  out[b].copy_(at::matmul(p, v).reshape({Hkv, group, n, D}).permute({2, 0, 1, 3}).reshape({n, H, D}));
+  if (probs.defined()) {
+    auto row = probs[b];
+    at::mean_out(row, p.reshape({H, n, -1}), {0});
+  }
 }
 
-template <typename scalar_t>
 void attention_cpu(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, const at::Tensor& mask,
-                   float scale, at::Tensor& out, at::Tensor& probs, bool return_probs) {
-  const int64_t B = q.size(0), n = q.size(1), H = q.size(2), D = q.size(3);
-  const int64_t T = kc.size(1), Hkv = kc.size(2), group = H / Hkv;
-  const scalar_t* qp = q.data_ptr<scalar_t>();  // contiguous (B, n, H, D)
-  const scalar_t* kp = kc.data_ptr<scalar_t>();
-  const scalar_t* vp = vc.data_ptr<scalar_t>();
-  const auto ks = kc.strides(), vs = vc.strides();  // last stride is 1 (checked by the caller)
-  const bool* mp = mask.data_ptr<bool>();           // contiguous (B, T)
-  scalar_t* op = out.data_ptr<scalar_t>();
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  // Per-task softmax statistics, (B, n, H): the only state shared between the passes.
-  std::vector<float> row_max(B * n * H), row_sum(B * n * H);
-
-  at::parallel_for(0, B * n * H, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(D), acc(D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (n * H), h = task % H, g = h / group;
-      for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(qp[task * D + d]) * scale;
-      std::fill(acc.begin(), acc.end(), 0.f);
-      float m = kNegInf, l = 0.f;
-      for (int64_t t = 0; t < T; ++t) {
-        if (!mp[b * T + t]) continue;
-        const float s = dot(qf.data(), kp + b * ks[0] + t * ks[1] + g * ks[2], D);
-        const scalar_t* vrow = vp + b * vs[0] + t * vs[1] + g * vs[2];
-        if (s > m) {  // new maximum: rescale what was accumulated so far (exp(-inf) = 0 at first)
-          const float a = std::exp(m - s);
-          l = l * a + 1.f;
-          for (int64_t d = 0; d < D; ++d) acc[d] = acc[d] * a + static_cast<float>(vrow[d]);
-          m = s;
-        } else {
-          const float p = std::exp(s - m);
-          l += p;
-          for (int64_t d = 0; d < D; ++d) acc[d] += p * static_cast<float>(vrow[d]);
-        }
-      }
-      // l == 0 (every key masked) gives 0/0 = NaN, as the reference's softmax over all -inf does.
-      const float inv = 1.f / l;
-      for (int64_t d = 0; d < D; ++d) op[task * D + d] = static_cast<scalar_t>(l > 0.f ? acc[d] * inv : NAN);
-      row_max[task] = m;
-      row_sum[task] = l;
-    }
-  });
-  if (!return_probs) return;
-
-  float* pp = probs.data_ptr<float>();  // contiguous (B, n, T)
-  const float inv_heads = 1.f / static_cast<float>(H);
-  at::parallel_for(0, B * n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(D);
-    for (int64_t br = begin; br < end; ++br) {
-      const int64_t b = br / n;
-      float* prow = pp + br * T;
-      std::fill(prow, prow + T, 0.f);
-      if (row_sum[br * H] == 0.f) {  // no key may be attended: the reference gives NaN
-        std::fill(prow, prow + T, std::numeric_limits<float>::quiet_NaN());
-        continue;
-      }
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t g = h / group;
-        for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(qp[(br * H + h) * D + d]) * scale;
-        const float m = row_max[br * H + h], inv_l = 1.f / row_sum[br * H + h];
-        for (int64_t t = 0; t < T; ++t) {
-          if (!mp[b * T + t]) continue;
-          const float s = dot(qf.data(), kp + b * ks[0] + t * ks[1] + g * ks[2], D);
-          prow[t] += std::exp(s - m) * inv_l;
-        }
-      }
-      for (int64_t t = 0; t < T; ++t) prow[t] *= inv_heads;
-    }
-  });
+                   double scale, at::Tensor& out, at::Tensor& probs) {
+  const int64_t B = q.size(0);
+  // Batches are independent (each owns its probability row): spread them over threads when there
+  // are enough; otherwise keep the BLAS calls themselves multi-threaded.
+  if (B >= at::get_num_threads()) {
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) attend_batch(q, kc, vc, mask, scale, b, out, probs);
+    });
+  } else {
+    for (int64_t b = 0; b < B; ++b) attend_batch(q, kc, vc, mask, scale, b, out, probs);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache,
@@ -121,13 +78,8 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cpu(const at::Tensor& q, co
   auto probs = return_probs ? at::empty({B, n, T}, q.options().dtype(at::kFloat))
                             : at::empty({0}, q.options().dtype(at::kFloat));
   if (q.numel() == 0) return {out, probs};
-  // Keys and values are read row by row: the last dim must be contiguous, the rest may be strided.
-  const auto kc = k_cache.stride(3) == 1 ? k_cache : k_cache.contiguous();
-  const auto vc = v_cache.stride(3) == 1 ? v_cache : v_cache.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "partial_attention_cpu", [&] {
-    attention_cpu<scalar_t>(q.contiguous(), kc, vc, key_mask.contiguous(), static_cast<float>(scale), out, probs,
-                            return_probs);
-  });
+  at::Tensor acc = return_probs ? probs : at::Tensor();
+  attention_cpu(q, k_cache, v_cache, key_mask, scale, out, acc);
   return {out, probs};
 }
 
