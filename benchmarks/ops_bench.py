@@ -1,6 +1,13 @@
 """GPU benchmark of the compiled ops against the best plain-PyTorch way (not collected by pytest).
 
-    python3 benchmarks/ops_bench.py --out ops_bench.json [--quick]
+    python3 benchmarks/ops_bench.py --out ops_bench.json [--quick] [--models Dream-7B] [--batch 16]
+        [--q 32,128] [--T 4096] [--attention-only]
+
+--quick runs q in {32, 128}, T = 4096, batch 1 and 16 (8 attention shapes); the filters narrow
+the full grid (or the quick one) further.  Every attention row records the launch plan the CUDA
+kernel chose (row tile, key splits, probability-pass tile and head slices; see
+csrc/cuda/partial_attention.cu), read from its DLLM_CORE_ATTN_TRACE line; DLLM_CORE_ATTN_*
+overrides in the environment apply to the whole run and are recorded in the JSON.
 
 Per-layer shapes of LLaDA-8B (32 q heads, 32 kv heads, D=128) and Dream-7B (28 q / 4 kv heads,
 D=128), bf16, batch 1 and 16, q in {32, 64, 128} query rows, T in {512, 1024, 2048, 4096} keys:
@@ -22,8 +29,10 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +87,38 @@ def flash_plus_probs(qs, ks, vs, qg, kg, mask, scale, gqa, B, H, n):
     return out, probs.view(B, H, n, -1).mean(1)
 
 
+def attention_plan(q, k, v, mask, scale, return_probs) -> dict:
+    """The plan the CUDA launcher picks for this call, from its stderr trace ({} if none printed)."""
+    torch.cuda.synchronize()
+    sys.stderr.flush()
+    saved, old = os.dup(2), os.environ.get("DLLM_CORE_ATTN_TRACE")
+    os.environ["DLLM_CORE_ATTN_TRACE"] = "1"
+    try:
+        with tempfile.TemporaryFile() as f:
+            os.dup2(f.fileno(), 2)
+            try:
+                ops.partial_attention(q, k, v, mask, scale, return_probs)
+                torch.cuda.synchronize()
+            finally:
+                os.dup2(saved, 2)
+            f.seek(0)
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.startswith("partial_attention plan:")]
+    finally:
+        os.close(saved)
+        if old is None:
+            del os.environ["DLLM_CORE_ATTN_TRACE"]
+        else:
+            os.environ["DLLM_CORE_ATTN_TRACE"] = old
+    return {k: int(x) for k, x in re.findall(r"(\w+)=(-?\d+)", lines[-1])} if lines else {}
+
+
+def plan_str(plan: dict) -> str:
+    """Compact plan: main rows/splits, probability rows/head slices (e.g. r128 s8 / p32 h1)."""
+    if not plan:
+        return "?"
+    return f"r{plan['rows']} s{plan['splits']} / p{plan['probs_rows']} h{plan['head_slices']}"
+
+
 def attention_row(model, B, n, T, copy_bw):
     H, Hkv, D = MODELS[model]
     group, scale = H // Hkv, D ** -0.5
@@ -99,6 +140,8 @@ def attention_row(model, B, n, T, copy_bw):
     emask = mask[:, None, None, :]
 
     row = dict(model=model, B=B, q=n, T=T, flash_native_gqa=gqa)  # False: K/V expanded for flash
+    row["plan"] = attention_plan(q, k, v, mask, scale, False)
+    row["plan_probs"] = attention_plan(q, k, v, mask, scale, True)
     kv_bytes = 2 * B * T * Hkv * D * 2
     io_bytes = kv_bytes + 2 * q.numel() * 2
     probs_bytes = B * n * T * 4
@@ -180,46 +223,63 @@ def density_row(B, G, sigma=10.0, k=32):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="where to write the JSON results")
-    ap.add_argument("--quick", action="store_true", help="one shape per model (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="q 32 and 128 at T 4096, batch 1 and 16")
+    ints = lambda s: [int(x) for x in s.split(",")]
+    ap.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS), help="comma list of " + ", ".join(MODELS))
+    ap.add_argument("--batch", type=ints, help="comma list of batch sizes to keep")
+    ap.add_argument("--q", type=ints, help="comma list of query-row counts to keep")
+    ap.add_argument("--T", type=ints, help="comma list of key counts to keep")
+    ap.add_argument("--attention-only", action="store_true", help="skip kv update and density top-k")
     args = ap.parse_args()
     torch.manual_seed(0)
-    qs, Ts, Bs = ([32], [1024], [1]) if args.quick else ([32, 64, 128], [512, 1024, 2048, 4096], [1, 16])
+    qs, Ts, Bs = ([32, 128], [4096], [1, 16]) if args.quick else ([32, 64, 128], [512, 1024, 2048, 4096], [1, 16])
+    qs, Ts, Bs = args.q or qs, args.T or Ts, args.batch or Bs
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        ap.error(f"unknown models {sorted(unknown)}; known: {list(MODELS)}")
     props = torch.cuda.get_device_properties(0)
     meta = dict(command=" ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), gpu=props.name,
-                torch=torch.__version__, cuda=torch.version.cuda, extension=ops.extension_status())
+                torch=torch.__version__, cuda=torch.version.cuda, extension=ops.extension_status(),
+                attn_env={k: v for k, v in os.environ.items() if k.startswith("DLLM_CORE_ATTN_")})
     meta["copy_GBps"] = copy_bw = copy_bandwidth()
     print(f"command: {meta['command']}\nGPU: {meta['gpu']}  torch {meta['torch']}  CUDA {meta['cuda']}")
     print(f"device-to-device copy: {copy_bw:.0f} GB/s (read + write)\nextension: {json.dumps(meta['extension'])}")
     attn, kv, dens = [], [], []
-    for model in MODELS:
+    for model in args.models:
         for B in Bs:
             for T in Ts:
                 for n in qs:
                     attn.append(attention_row(model, B, n, T, copy_bw))
-                    kv.append(kv_row(model, B, n, T))
+                    kv.append({} if args.attention_only else kv_row(model, B, n, T))
                     print(json.dumps({**attn[-1], **kv[-1]}, default=lambda x: round(x, 4)), flush=True)
-    for B in Bs:
+    for B in [] if args.attention_only else Bs:
         for G in Ts:
             dens.append(density_row(B, G))
     with open(args.out, "w") as f:
         json.dump(dict(meta=meta, attention=attn, kv_update=kv, density=dens), f, indent=1)
 
     print("\npartial attention, bf16, times in us (median); speedups = baseline / ours")
-    print("| model | B | q | T | ours | SDPA flash | x | SDPA eff.+mask | ours GB/s (% copy) | ours+probs | eager+probs "
-          "| flash+probs | x | kv ours | kv torch | x |")
-    print("|" + "---|" * 16)
+    print("| model | B | q | T | plan | ours | SDPA flash | x | SDPA eff.+mask | ours GB/s (% copy) | ours+probs "
+          "| eager+probs | flash+probs | x | kv ours | kv torch | x |")
+    print("|" + "---|" * 17)
     for a, c in zip(attn, kv):
-        print(f"| {a['model']} | {a['B']} | {a['q']} | {a['T']} | {a['ours_us']:.1f} | {a['flash_us']:.1f} | "
-              f"{a['speedup_vs_flash']:.2f} | {a['efficient_masked_us']:.1f} | {a['ours_GBps']:.0f} ({a['ours_pct_copy']:.0f}%) | "
-              f"{a['ours_probs_us']:.1f} | {a['eager_probs_us']:.1f} | {a['flash_plus_probs_us']:.1f} | "
-              f"{a['probs_speedup_vs_best']:.2f} | {c['kv_ours_us']:.1f} | {c['kv_torch_us']:.1f} | {c['kv_speedup']:.2f} |")
+        kv_cols = f"{c['kv_ours_us']:.1f} | {c['kv_torch_us']:.1f} | {c['kv_speedup']:.2f}" if c else "- | - | -"
+        print(f"| {a['model']} | {a['B']} | {a['q']} | {a['T']} | {plan_str(a['plan_probs'])} | {a['ours_us']:.1f} | "
+              f"{a['flash_us']:.1f} | {a['speedup_vs_flash']:.2f} | {a['efficient_masked_us']:.1f} | "
+              f"{a['ours_GBps']:.0f} ({a['ours_pct_copy']:.0f}%) | {a['ours_probs_us']:.1f} | {a['eager_probs_us']:.1f} | "
+              f"{a['flash_plus_probs_us']:.1f} | {a['probs_speedup_vs_best']:.2f} | {kv_cols} |")
+    met_a = sum(a["speedup_vs_flash"] >= 1.0 for a in attn)
+    met_b = sum(a["probs_speedup_vs_best"] >= 3.0 for a in attn)
+    print(f"\ntargets: no slower than flash in {met_a}/{len(attn)} shapes; probs >= 3x best baseline in {met_b}/{len(attn)}")
     print("\ndensity top-k (sigma 10, k 32), us")
     print("| B | G | ours | conv1d+topk | x |\n|---|---|---|---|---|")
     for d in dens:
         print(f"| {d['B']} | {d['G']} | {d['density_ours_us']:.1f} | {d['density_torch_us']:.1f} | {d['density_speedup']:.2f} |")
     worst = max(a["max_err_out"] for a in attn), max(a["max_err_probs"] for a in attn)
+    kv_err = max((c["kv_max_err"] for c in kv if c), default=float("nan"))
+    dens_err = max((d["density_max_err"] for d in dens), default=float("nan"))
     print(f"\nmax |ours - baseline|: attention out {worst[0]:.3g}, probs {worst[1]:.3g}, "
-          f"kv {max(c['kv_max_err'] for c in kv):.3g}, density scores {max(d['density_max_err'] for d in dens):.3g}")
+          f"kv {kv_err:.3g}, density scores {dens_err:.3g}")
     print(f"wrote {args.out}")
 
 

@@ -34,8 +34,10 @@ cudaError_t launch_kv_cache_update(const KvUpdateParams& p, cudaStream_t stream)
 struct AttentionPlan {
   int splits;           // key-range splits of the main pass (flash-decoding); 1 = write out directly
   int tiles_per_split;  // 64-key tiles per split
-  int row_blocks;       // probability pass: 64-row blocks of the query rows
+  int row_blocks;       // probability pass: probs_rows-row blocks of the query rows
   int head_slices;      // probability pass: kv-head slices summed with atomics (1 = plain stores)
+  int rows;             // main pass: rows per block, 32 (2 warps x 16), 64 (4 x 16) or 128 (4 x 32)
+  int probs_rows;       // probability pass: query rows per block, 32 (2 warps) or 64 (4 warps)
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous

@@ -1,0 +1,114 @@
+// Shared-memory tile helpers of the partial_attention kernels (partial_attention.cu, the main pass;
+// partial_attention_probs.cu, the probability pass).  Tiles are [rows][D] in XOR-swizzled shared
+// memory; a warp owns 16-row slabs and works on them with ldmatrix + mma.sync m16n8k16.
+#pragma once
+
+#include "device_utils.cuh"
+#include "launchers.h"
+
+namespace dllm_core {
+namespace cuda {
+
+constexpr int kBlockN = 64;  // keys per K/V tile (both passes)
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Element offset of 16-byte chunk `c` of row `r` in a swizzled [rows][D] tile: XOR-ing the chunk
+// with the row's low 3 bits puts the 8 rows an ldmatrix reads into 8 different bank groups.
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7)) << 3); }
+
+// ROWS rows x D of a [T][..][D] tensor (row stride in elements) -> swizzled shared tile; rows at or
+// past rows_valid are zero-filled.  THREADS threads cooperate.
+template <int D, int ROWS, int THREADS, typename T>
+__device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int rows_valid) {
+  constexpr int C = D / 8;
+  for (int i = threadIdx.x; i < ROWS * C; i += THREADS) {
+    const int r = i / C, c = i % C;
+    const bool ok = r < rows_valid;
+    cp_async16(smem_addr(s + swz<D>(r, c)), ok ? g + r * row_stride + c * 8 : g, ok);
+  }
+}
+
+// ROWS query rows of a group-packed Q tile: packed row m -> (query row m / group, head h0 + m % group).
+template <int D, int ROWS, int THREADS, typename T>
+__device__ __forceinline__ void load_q(T* s, const AttentionParams& p, int b, int h0, int m0, int M, int group) {
+  constexpr int C = D / 8;
+  const T* q = static_cast<const T*>(p.q);
+  for (int i = threadIdx.x; i < ROWS * C; i += THREADS) {
+    const int r = i / C, c = i % C, m = m0 + r;
+    const bool ok = m < M;
+    const T* src = q;
+    if (ok) src = q + b * p.q_s[0] + (m / group) * p.q_s[1] + (h0 + m % group) * p.q_s[2] + c * 8;
+    cp_async16(smem_addr(s + swz<D>(r, c)), src, ok);
+  }
+}
+
+// A fragment of 16 rows starting at row0 of a swizzled tile, k step kk (16 columns).
+template <int D, typename T>
+__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const T* s, int row0, int kk, int lane) {
+  ldmatrix_x4(smem_addr(s + swz<D>(row0 + (lane & 15), 2 * kk + (lane >> 4))), a[0], a[1], a[2], a[3]);
+}
+
+// Rows row0..row0+15 of a swizzled Q tile as m16n8k16 A fragments (one per 16-wide k step).
+template <int D, typename T>
+__device__ __forceinline__ void q_fragments(uint32_t (&qf)[D / 16][4], const T* sQ, int row0, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) a_fragment<D>(qf[kk], sQ, row0, kk, lane);
+}
+
+// B fragments of key blocks 2jp, 2jp+1 (8 keys each) of a swizzled K tile for k step kk.
+template <int D, typename T>
+__device__ __forceinline__ void k_fragments(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const T* sK,
+                                            int jp, int kk, int lane) {
+  ldmatrix_x4(smem_addr(sK + swz<D>(jp * 16 + ((lane >> 4) << 3) + (lane & 7), 2 * kk + ((lane >> 3) & 1))), b0, b1,
+              b2, b3);
+}
+
+// s[j] (keys 8j..8j+7 of the tile) = Q K^T for 16 rows whose A fragments are in registers.
+template <int D, typename T>
+__device__ __forceinline__ void qk_tile(float (&s)[8][4], const uint32_t (&qf)[D / 16][4], const T* sK, int lane) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {  // two 8-key column blocks per ldmatrix.x4
+      uint32_t b0, b1, b2, b3;
+      k_fragments<D>(b0, b1, b2, b3, sK, jp, kk, lane);
+      mma16816<T>(s[2 * jp], qf[kk], b0, b1);
+      mma16816<T>(s[2 * jp + 1], qf[kk], b2, b3);
+    }
+  }
+}
+
+// s[mt][j] = Q K^T for MT 16-row slabs (rows row0 + 16 mt ..) read from the shared Q tile per k
+// step: every K fragment loaded from shared memory feeds MT MMAs (the point of MT > 1).
+template <int D, int MT, typename T>
+__device__ __forceinline__ void qk_tile_smem(float (&s)[MT][8][4], const T* sQ, int row0, const T* sK, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) a_fragment<D>(a[mt], sQ, row0 + 16 * mt, kk, lane);
+#pragma unroll
+    for (int jp = 0; jp < 4; ++jp) {
+      uint32_t b0, b1, b2, b3;
+      k_fragments<D>(b0, b1, b2, b3, sK, jp, kk, lane);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma16816<T>(s[mt][2 * jp], a[mt], b0, b1);
+        mma16816<T>(s[mt][2 * jp + 1], a[mt], b2, b3);
+      }
+    }
+  }
+}
+
+// Probability pass (partial_attention_probs.cu); plan.probs_rows picks its row-tile variant.
+cudaError_t launch_attention_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace dllm_core

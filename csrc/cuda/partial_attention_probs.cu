@@ -1,0 +1,160 @@
+// CUDA probability pass of dllm_core::partial_attention (semantics: dllm_core/ops/partial_attention.py):
+// the head-mean probabilities (B, q, T) float32, without materialising (B, H, q, T).
+//
+// A block owns 64 keys x kRows query rows of one batch and loops over heads, recomputing the
+// scores with the tensor cores and normalising them with the log2-sum-exp the main pass left, so
+// the head mean is summed in registers.  Variants: 32 rows = 2 warps (q <= 32: no idle warps),
+// 64 rows = 4 warps (the original).  Q tiles and K tiles (one per kv head) are double-buffered with
+// cp.async; the next head's log-sum-exp is fetched one head ahead so its global-load latency hides
+// behind the current head's MMAs.  For small grids the kv heads are sliced over blocks that add
+// their parts with float atomics (into a zeroed output).
+//
+// Bytes: besides the output, the pass reads K once (each block's key tile once per kv head; the
+// blocks sharing a key tile are adjacent in launch order so K comes from DRAM once) and Q once per
+// key tile, mostly from L2.
+
+#include "attention_tiles.cuh"
+
+namespace dllm_core {
+namespace cuda {
+namespace {
+
+template <typename T, int D, int WARPS>
+struct ProbsConfig {
+  static constexpr int kRows = WARPS * 16, kThreads = WARPS * 32;
+  static constexpr size_t kSmem = sizeof(T) * D * (2 * kRows + 2 * kBlockN);  // 2 stages of Q and K
+  static_assert(kSmem <= 227 * 1024, "shared memory per block");
+  static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
+};
+
+template <typename T, int D, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) attn_probs_kernel(AttentionParams p, int row_blocks, int kv_per_slice) {
+  using Cfg = ProbsConfig<T, D, WARPS>;
+  constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);  // 2 stages
+  T* sK = sQ + 2 * kRows * D;          // 2 stages
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // Blocks sharing a key tile are adjacent in launch order (x fastest), so K is read from DRAM once.
+  const int b = blockIdx.z, t0 = blockIdx.y * kBlockN;
+  const int r0 = (blockIdx.x % row_blocks) * kRows, slice = blockIdx.x / row_blocks;
+  const int group = p.H / p.Hkv;
+  const int h_begin = slice * kv_per_slice * group, h_end = h_begin + kv_per_slice * group;
+  const int valid_keys = min(kBlockN, p.T - t0);
+  const T* kbase = static_cast<const T*>(p.k) + b * p.k_s[0] + t0 * p.k_s[1];
+  const float scale_log2 = p.scale * kLog2e;
+  const int my_row = r0 + warp * 16 + (lane >> 2);  // and my_row + 8
+
+  // Which of this thread's 16 accumulator columns are attendable keys (the same for every head).
+  uint32_t valid = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = j * 8 + 2 * (lane & 3) + e;
+      if (c < valid_keys && p.mask[b * p.mask_s0 + t0 + c]) valid |= 1u << (2 * j + e);
+    }
+
+  auto issue = [&](int h) {
+    const int i = h - h_begin;
+    load_q<D, kRows, kThreads>(sQ + (i & 1) * kRows * D, p, b, h, r0, p.n, 1);
+    if (i % group == 0) {
+      const int gi = i / group;
+      load_rows<D, kBlockN, kThreads>(sK + (gi & 1) * kBlockN * D, kbase + (h / group) * p.k_s[2], p.k_s[1],
+                                      valid_keys);
+    }
+  };
+  auto read_lse = [&](int h, float (&dst)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = my_row + 8 * r;
+      dst[r] = row < p.n ? p.lse[(static_cast<int64_t>(b) * p.H + h) * p.n + row] : 0.f;
+    }
+  };
+  float acc[8][4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  float lse[2], lse_next[2] = {0.f, 0.f};
+  read_lse(h_begin, lse);
+  issue(h_begin);
+  cp_async_commit();
+  for (int h = h_begin; h < h_end; ++h) {
+    const int i = h - h_begin;
+    if (h + 1 < h_end) {
+      read_lse(h + 1, lse_next);  // consumed next iteration
+      issue(h + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    uint32_t qf[D / 16][4];
+    q_fragments<D>(qf, sQ + (i & 1) * kRows * D, warp * 16, lane);
+    float s[8][4];
+    qk_tile<D>(s, qf, sK + ((i / group) & 1) * kBlockN * D, lane);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float fill = lse[r] == -INFINITY ? NAN : 0.f;  // no attendable key at all: NaN, as the reference
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          acc[j][2 * r + e] += (valid >> (2 * j + e)) & 1u ? exp2f(s[j][2 * r + e] * scale_log2 - lse[r]) : fill;
+    }
+    lse[0] = lse_next[0], lse[1] = lse_next[1];
+    __syncthreads();
+  }
+
+  const float inv_heads = 1.f / static_cast<float>(p.H);
+  const bool atomic = gridDim.x > row_blocks;
+  const bool pairs = !atomic && (p.T & 1) == 0;  // (row, even column) is 8-byte aligned
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = my_row + 8 * r;
+    if (row >= p.n) continue;
+    float* prow = p.probs + (static_cast<int64_t>(b) * p.n + row) * p.T + t0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int c = j * 8 + 2 * (lane & 3);
+      const float v0 = acc[j][2 * r] * inv_heads, v1 = acc[j][2 * r + 1] * inv_heads;
+      if (pairs && c + 1 < valid_keys) {
+        *reinterpret_cast<float2*>(prow + c) = make_float2(v0, v1);
+        continue;
+      }
+      if (c < valid_keys) atomic ? (void)atomicAdd(prow + c, v0) : (void)(prow[c] = v0);
+      if (c + 1 < valid_keys) atomic ? (void)atomicAdd(prow + c + 1, v1) : (void)(prow[c + 1] = v1);
+    }
+  }
+}
+
+template <typename T, int D, int WARPS>
+cudaError_t launch_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  using Cfg = ProbsConfig<T, D, WARPS>;
+  auto kernel = attn_probs_kernel<T, D, WARPS>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(plan.row_blocks * plan.head_slices, (p.T + kBlockN - 1) / kBlockN, p.B);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.row_blocks, p.Hkv / plan.head_slices);
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t launch_probs_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  if (plan.row_blocks * plan.probs_rows < p.n || p.Hkv % plan.head_slices != 0) return cudaErrorInvalidValue;
+  return plan.probs_rows == 32   ? launch_probs<T, D, 2>(p, plan, stream)
+         : plan.probs_rows == 64 ? launch_probs<T, D, 4>(p, plan, stream)
+                                 : cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t launch_attention_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  if (p.D == 128) return bf16 ? launch_probs_typed<__nv_bfloat16, 128>(p, plan, stream) : launch_probs_typed<__half, 128>(p, plan, stream);
+  if (p.D == 64) return bf16 ? launch_probs_typed<__nv_bfloat16, 64>(p, plan, stream) : launch_probs_typed<__half, 64>(p, plan, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace dllm_core

@@ -1,0 +1,171 @@
+"""CUDA partial_attention: every launch variant and plan decision against the reference.
+
+The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/partial_attention.cu):
+main-pass row tile (32, 64 or 128 rows per block), key splits, probability-pass row tile (32 or
+64) and kv-head slices.  The environment variables ``DLLM_CORE_ATTN_ROWS``, ``..._SPLITS``,
+``..._PROBS_ROWS`` and ``..._HEAD_SLICES`` override those choices (read at every call), so each
+variant runs on every shape here, including shapes its automatic choice never sees;
+``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
+All tests need a CUDA GPU and the compiled extension, and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from dllm_core.ops import extension as ext
+from dllm_core.ops.partial_attention import partial_attention_reference
+
+HAS_CUDA = torch.cuda.is_available()
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
+TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
+ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS", "DLLM_CORE_ATTN_HEAD_SLICES",
+       "DLLM_CORE_ATTN_TRACE")
+
+# B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
+# GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
+# stores float pairs only for even T).
+SHAPES = [
+    (1, 1, 4, 4, 128, 1),       # 1 row, 1 key
+    (3, 17, 4, 4, 64, 77),      # 17 rows (32-row tile, half empty)
+    (2, 32, 4, 4, 128, 515),    # 32 rows exactly (MHA q = 32)
+    (2, 33, 4, 4, 128, 130),    # 33 rows: 64-row tile
+    (2, 32, 8, 4, 128, 1030),   # group 2: 64 rows exactly
+    (1, 9, 8, 2, 64, 200),      # group 4: 36 rows
+    (2, 65, 4, 4, 128, 515),    # 65 rows: 128-row tile
+    (1, 128, 4, 4, 128, 1000),  # 128 rows exactly (MHA q = 128)
+    (2, 129, 2, 2, 64, 300),    # 129 rows: a second, almost empty 128-row block
+    (1, 32, 14, 2, 128, 515),   # group 7 (Dream-like): 224 rows
+    (2, 19, 28, 4, 128, 130),   # group 7: 133 rows
+]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    if not ext.loaded() or not ext.has_kernel("partial_attention", "cuda"):
+        pytest.skip("dllm_core._C with the CUDA partial_attention kernel is not built")
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _inputs(shape, dtype, strided_q=False, seed=0):
+    B, n, H, Hkv, D, T = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(B, n, H, D, device="cuda", generator=g).to(dtype)
+    if strided_q:  # (B, H, n, D) storage seen as (B, n, H, D): row and head strides swapped
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)
+    k = torch.randn(B, T, Hkv, D, device="cuda", generator=g).to(dtype)
+    v = torch.randn(B, T, Hkv, D, device="cuda", generator=g).to(dtype)
+    mask = torch.rand(B, T, device="cuda", generator=g) < 0.7
+    if B > 1:
+        mask[1] = torch.arange(T, device="cuda") < max(1, T // 3)  # padding: short valid prefix
+    mask[:, 0] = True  # every row has a key (the fully masked case is tested separately)
+    return q, k, v, mask, D ** -0.5
+
+
+def _check(got, want, dtype, return_probs):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got[0].float(), want[0].float(), atol=atol, rtol=rtol)
+    assert got[0].dtype == want[0].dtype and got[0].shape == want[0].shape
+    torch.testing.assert_close(got[1], want[1], atol=2e-5, rtol=1e-3)
+    if return_probs:
+        torch.testing.assert_close(got[1].sum(-1), torch.ones_like(got[1][..., 0]), atol=1e-4, rtol=0)
+
+
+def _run_and_check(shape, dtype, return_probs, strided_q=False):
+    args = _inputs(shape, dtype, strided_q)
+    got = torch.ops.dllm_core.partial_attention(*args, return_probs)
+    torch.cuda.synchronize()
+    _check(got, partial_attention_reference(*args, return_probs), dtype, return_probs)
+
+
+@pytest.mark.parametrize("splits", [None, "1", "3"], ids=lambda s: f"splits={s or 'auto'}")
+@pytest.mark.parametrize("rows", [None, "32", "64", "128"], ids=lambda r: f"rows={r or 'auto'}")
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_main_pass_variants(monkeypatch, shape, rows, splits):
+    """Every main-pass row tile x split choice on every shape, bf16 and fp16, probabilities on/off."""
+    if rows:
+        monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
+    if splits:
+        monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
+    for i, dtype in enumerate((torch.bfloat16, torch.float16)):
+        for return_probs in (False, True):
+            _run_and_check(shape, dtype, return_probs, strided_q=(i == 1))
+
+
+@pytest.mark.parametrize("slices", [None, "1", "2"], ids=lambda s: f"slices={s or 'auto'}")
+@pytest.mark.parametrize("probs_rows", [None, "32", "64"], ids=lambda r: f"probs_rows={r or 'auto'}")
+@pytest.mark.parametrize("shape", SHAPES + [(2, 70, 4, 2, 128, 4160)], ids=str)
+def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices):
+    """Every probability-pass row tile x head slicing (plain stores / atomics) on every shape."""
+    if probs_rows:
+        monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
+    if slices:  # a slice count that does not divide Hkv is ignored by the plan (auto)
+        monkeypatch.setenv("DLLM_CORE_ATTN_HEAD_SLICES", slices)
+    for dtype in (torch.bfloat16, torch.float16):
+        _run_and_check(shape, dtype, True)
+
+
+@pytest.mark.parametrize("rows,splits", [("32", "1"), ("64", "3"), ("128", "1"), ("128", "3")])
+def test_fully_masked_row_every_variant(monkeypatch, rows, splits):
+    monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
+    monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
+    q, k, v, mask, scale = _inputs((2, 40, 8, 4, 128, 300), torch.bfloat16)
+    mask[1] = False
+    out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
+    ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
+    assert out[1].isnan().all() and probs[1].isnan().all()
+    _check((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), torch.bfloat16, True)
+
+
+def _plan(capfd, monkeypatch, shape, return_probs) -> dict[str, int]:
+    monkeypatch.setenv("DLLM_CORE_ATTN_TRACE", "1")
+    capfd.readouterr()
+    args = _inputs(shape, torch.bfloat16)
+    torch.ops.dllm_core.partial_attention(*args, return_probs)
+    torch.cuda.synchronize()
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("partial_attention plan:")]
+    assert lines, "no plan trace printed (DLLM_CORE_ATTN_TRACE)"
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", lines[-1])}
+
+
+@pytest.mark.parametrize("shape,rows,probs_rows", [
+    ((1, 32, 32, 32, 128, 4096), 32, 32),    # LLaDA q = 32: no idle warps
+    ((16, 32, 32, 32, 128, 1024), 32, 32),
+    ((1, 33, 4, 4, 128, 100), 64, 64),
+    ((1, 64, 32, 32, 128, 2048), 64, 64),
+    ((1, 32, 8, 4, 128, 100), 64, 32),       # group 2, 64 rows
+    ((1, 65, 4, 4, 128, 100), 128, 64),
+    ((16, 128, 32, 32, 128, 512), 128, 64),  # LLaDA q = 128: K/V streamed once per (batch, head)
+    ((1, 32, 28, 4, 128, 4096), 128, 32),    # Dream q = 32: 224 rows
+], ids=str)
+def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
+    """The automatic plan: row tiles by rows per (batch, kv head), consistent key splits."""
+    B, n, H, Hkv, D, T = shape
+    plan = _plan(capfd, monkeypatch, shape, True)
+    assert (plan["rows"], plan["probs_rows"]) == (rows, probs_rows)
+    n_tiles = -(-T // 64)
+    assert 1 <= plan["splits"] <= min(n_tiles, 64)
+    assert plan["splits"] * plan["tiles_per_split"] >= n_tiles > (plan["splits"] - 1) * plan["tiles_per_split"]
+    assert plan["row_blocks"] * probs_rows >= n and Hkv % plan["head_slices"] == 0
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    blocks = B * Hkv * -(-n * (H // Hkv) // rows)
+    if blocks >= 3 * sms:
+        assert plan["splits"] == 1, "a grid that fills the GPU is not split"
+    if B == 1 and T >= 2048:
+        assert plan["splits"] > 1, "batch 1 long T is split to fill the GPU"
+
+
+def test_plan_overrides_and_bad_values(capfd, monkeypatch):
+    shape = (1, 32, 32, 32, 128, 1024)
+    monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "128")
+    monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "4")
+    plan = _plan(capfd, monkeypatch, shape, False)
+    assert (plan["rows"], plan["splits"], plan["tiles_per_split"]) == (128, 4, 4)
+    monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "48")  # not a variant: ignored
+    monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "0")
+    plan = _plan(capfd, monkeypatch, shape, False)
+    assert plan["rows"] == 32 and plan["splits"] >= 1
