@@ -9,6 +9,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mean.h>
@@ -79,6 +80,8 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cpu(const at::Tensor& q, co
                             : at::empty({0}, q.options().dtype(at::kFloat));
   if (q.numel() == 0) return {out, probs};
   at::Tensor acc = return_probs ? probs : at::Tensor();
+  // The kernel's own ATen calls must not record autograd history (inputs may require grad).
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   attention_cpu(q, k_cache, v_cache, key_mask, scale, out, acc);
   return {out, probs};
 }
