@@ -25,11 +25,13 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     if top_p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    drop = cum > top_p
+    cum = torch.softmax(sorted_logits, dim=-1)
+    del sorted_logits  # (rows, V) buffers are the step's largest: hold as few as possible at once
+    drop = cum.cumsum_(dim=-1) > top_p
+    del cum
     drop[..., 1:] = drop[..., :-1].clone()  # keep the token that crosses top_p
     drop[..., 0] = False
-    remove = torch.zeros_like(drop).scatter(-1, order, drop)
+    remove = torch.zeros_like(drop).scatter_(-1, order, drop)
     return logits.masked_fill(remove, float("-inf"))
 
 

@@ -19,6 +19,8 @@ from dllm_core.sampling import choose_tokens, gumbel_argmax, sample_plain_confid
 from dllm_core.testing.tiny import make_tiny_model
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])]
 
 
 # ---- the float32 implementation these functions had before the fused path (the oracle) -------
@@ -128,19 +130,44 @@ def _float32_greedy(logits, exclude=-1):
     return tok, (lf.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lf, -1)).exp()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family,cache,scheduler", [
     ("llada", "none", "low_confidence"), ("llada", "prefix", "threshold"), ("llada", "dual", "factor"),
     ("llada", "d2cache", "low_confidence"), ("llada", "d2cache", "certainty_prior"),
     ("dream", "none", "maskgit_plus"), ("dream", "prefix", "threshold"), ("dream", "freecache", "factor")])
-def test_generation_on_bf16_model_matches_float32_greedy(family, cache, scheduler, monkeypatch):
+def test_generation_on_bf16_model_matches_float32_greedy(family, cache, scheduler, device, monkeypatch):
     model = make_tiny_model(family, seed=5, dtype=torch.bfloat16)
     prompts = [[3, 4, 5, 6, 7], [9, 10]]
 
     def run():
-        eng = Engine(model=model, cache=cache, scheduler=scheduler, device="cpu")
+        eng = Engine(model=model, cache=cache, scheduler=scheduler, device=device)
         return eng.generate_ids(prompts, gen_length=16, block_length=8)
 
     fused = run()
     monkeypatch.setattr(ops, "argmax_confidence", _float32_greedy)
     upcast = run()
     assert fused.token_ids == upcast.token_ids and fused.nfe == upcast.nfe
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_greedy_confidence_allocates_no_rows_by_vocab_buffer_cuda():
+    """Batch 16 x 32 rows of LLaDA's vocabulary in bfloat16: the greedy paths allocate only their
+    outputs (the float32 path held 2 x 259 MB), and agree with the float32 path."""
+    from dllm_core.ops import extension as ext
+
+    if not ext.has_kernel("argmax_confidence", "cuda"):
+        pytest.skip("dllm_core._C has no CUDA kernel for argmax_confidence")
+    logits = (torch.randn(16, 32, 126464, device="cuda") * 4).to(torch.bfloat16)
+    logits[..., 126336] = float("-inf")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    tok, conf = sample_plain_confidence(logits)
+    tok2, conf2 = choose_tokens(logits)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < (1 << 20)
+    want_tok, want_conf = _old_plain(logits)
+    assert torch.equal(tok, want_tok) and torch.equal(tok2, want_tok)
+    torch.testing.assert_close(conf, want_conf, atol=1e-7, rtol=2e-5)
+    torch.testing.assert_close(conf2, want_conf, atol=1e-7, rtol=2e-5)
