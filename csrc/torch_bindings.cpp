@@ -38,4 +38,7 @@ TORCH_LIBRARY(dllm_core, m) {
   m.def(
       "certainty_density_topk(Tensor known, Tensor confidence, Tensor candidates, float sigma, "
       "int k) -> (Tensor, Tensor)");
+  // Returns (token int64, prob float32), both logits.shape[:-1]: argmax over the last dim and its
+  // softmax probability, with vocabulary id `exclude` read as -inf (exclude < 0: none).
+  m.def("argmax_confidence(Tensor logits, int exclude) -> (Tensor, Tensor)");
 }

@@ -97,7 +97,10 @@ class ForwardPlan:
 class ForwardOutput:
     """What a partial forward returns."""
 
-    logits: Tensor            #: (B, r, V) float32 predictions for ``positions``
+    #: (B, r, V) predictions for ``positions`` in the model's dtype (bfloat16 for the released
+    #: checkpoints; upcast to float32 before computing distributions, as :mod:`dllm_core.sampling`
+    #: does).  In the engine the mask id's logit is -inf.
+    logits: Tensor
     positions: Tensor         #: (B, r) the predicted columns
     rows: Tensor              #: (B, q) the recomputed columns (all columns after a refresh)
     attention: list[Tensor] | None = None  #: per layer (B, q, T) head-averaged probabilities

@@ -197,12 +197,48 @@ std::tuple<at::Tensor, at::Tensor> certainty_density_topk_cuda(const at::Tensor&
   return {scores, top};
 }
 
+std::tuple<at::Tensor, at::Tensor> argmax_confidence_cuda(const at::Tensor& logits_in, int64_t exclude) {
+  const char* op = "argmax_confidence";
+  DLLM_CHECK(logits_in.dim() >= 1 && logits_in.size(-1) > 0, op, ": logits must be (..., V) with V >= 1");
+  const int64_t V = logits_in.size(-1);
+  DLLM_CHECK(exclude < V, op, ": exclude=", exclude, " is not a vocabulary id (V=", V, "); pass -1 for none");
+  DLLM_CHECK(V <= INT32_MAX, op, ": V=", V, " is too large");
+  const auto dtype = to_dtype(logits_in.scalar_type());
+  check_cuda(op, {&logits_in});
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const auto lead = logits_in.sizes().slice(0, logits_in.dim() - 1);
+  auto token = at::empty(lead, logits_in.options().dtype(at::kLong));
+  auto prob = at::empty(lead, logits_in.options().dtype(at::kFloat));
+  if (token.numel() == 0) return {token, prob};
+  DLLM_CHECK(token.numel() <= INT32_MAX, op, ": too many rows (", token.numel(), ")");
+  // Rows as (outer, inner) with strides, so a slice such as logits[:, :r] needs no copy.
+  at::Tensor logits = logits_in.stride(-1) == 1 ? logits_in : logits_in.contiguous();
+  if (logits.dim() > 3) logits = logits.flatten(0, -3);
+  dc::ArgmaxConfidenceParams p{};
+  p.logits = logits.data_ptr();
+  p.token = token.data_ptr<int64_t>();
+  p.prob = prob.data_ptr<float>();
+  if (logits.dim() == 1) {
+    p.outer = 1, p.inner = 1, p.s_outer = 0, p.s_inner = 0;
+  } else if (logits.dim() == 2) {
+    p.outer = 1, p.inner = logits.size(0), p.s_outer = 0, p.s_inner = logits.stride(0);
+  } else {
+    p.outer = logits.size(0), p.inner = logits.size(1), p.s_outer = logits.stride(0), p.s_inner = logits.stride(1);
+  }
+  p.V = static_cast<int>(V);
+  p.exclude = exclude < 0 ? -1 : static_cast<int>(exclude);
+  p.dtype = dtype;
+  check_launch(dc::launch_argmax_confidence(p, c10::cuda::getCurrentCUDAStream().stream()), op);
+  return {token, prob};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dllm_core, CUDA, m) {
   m.impl("kv_cache_update", &kv_cache_update_cuda);
   m.impl("partial_attention", &partial_attention_cuda);
   m.impl("certainty_density_topk", &certainty_density_topk_cuda);
+  m.impl("argmax_confidence", &argmax_confidence_cuda);
 }
 
 }  // namespace dllm_core

@@ -72,5 +72,17 @@ int density_max_columns();  // the largest G one block can sort in shared memory
 int density_max_radius();
 cudaError_t launch_certainty_density_topk(const DensityParams& p, cudaStream_t stream);
 
+// ---- argmax_confidence -----------------------------------------------------------------------
+struct ArgmaxConfidenceParams {
+  const void* logits;      // rows (o, i) at o * s_outer + i * s_inner elements, each V contiguous elements
+  int64_t* token;          // (outer * inner) int64 out
+  float* prob;             // (outer * inner) float32 out
+  int64_t s_outer, s_inner;
+  int outer, inner, V;
+  int exclude;             // vocabulary id read as -inf; < 0: none
+  DType dtype;
+};
+cudaError_t launch_argmax_confidence(const ArgmaxConfidenceParams& p, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace dllm_core

@@ -85,7 +85,7 @@ class DiffusionLM(nn.Module, ABC):
         input_ids, positions, valid: (B, T) for the whole sequence.  Only ``plan.rows`` (all
         columns when None) go through the layers; each layer writes their K/V into ``cache``
         (RoPE applied to K) and attends from them to every cached column that is ``valid`` and
-        below ``plan.kv_limit``.  Logits (float32) are produced only for ``logit_positions``
+        below ``plan.kv_limit``.  Logits (in the model's dtype) are produced only for ``logit_positions``
         (B, r): for shifted-logit models from the hidden row before each position.  When
         ``plan.need_attention`` the head-averaged attention probabilities of the rows are returned
         per layer.
@@ -93,5 +93,5 @@ class DiffusionLM(nn.Module, ABC):
 
     @abstractmethod
     def full_logits(self, input_ids: Tensor, valid: Tensor | None = None) -> Tensor:
-        """(B, T, V) logits of an ordinary full forward (no cache), aligned so that entry i
-        predicts token i (shift already applied).  Used by training and by tests."""
+        """(B, T, V) logits of an ordinary full forward (no cache), in the model's dtype, aligned so
+        that entry i predicts token i (shift already applied).  Used by training and by tests."""

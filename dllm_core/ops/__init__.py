@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from . import extension as _ext
+from .argmax_confidence import argmax_confidence_reference
 from .certainty_density import certainty_density_reference, certainty_density_topk_reference, density_radius
 from .extension import extension_status
 from .kv_cache_update import kv_cache_update_reference
@@ -64,3 +65,16 @@ def certainty_density_topk(known: Tensor, confidence: Tensor, candidates: Tensor
     if ok:
         return torch.ops.dllm_core.certainty_density_topk(known, confidence, candidates, float(sigma), int(k))
     return certainty_density_topk_reference(known, confidence, candidates, sigma, k)
+
+
+# ---- argmax_confidence ----------------------------------------------------------------------
+__all__ += ["argmax_confidence", "argmax_confidence_reference"]
+
+
+def argmax_confidence(logits: Tensor, exclude: int = -1) -> tuple[Tensor, Tensor]:
+    """Argmax token of each (..., V) row and its softmax probability, read in the logits' own dtype
+    (see :func:`argmax_confidence_reference`): ``(token int64, prob float32)``, shape ``logits.shape[:-1]``."""
+    if (_compiled("argmax_confidence", logits) and logits.dtype in _FLOATS and logits.dim() >= 1
+            and 0 < logits.shape[-1] < 2 ** 31 and exclude < logits.shape[-1]):
+        return torch.ops.dllm_core.argmax_confidence(logits, int(exclude))
+    return argmax_confidence_reference(logits, exclude)

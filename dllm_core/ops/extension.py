@@ -15,6 +15,7 @@ import os
 import torch
 
 OPS = ("kv_cache_update", "partial_attention", "certainty_density_topk")
+OPS += ("argmax_confidence",)
 
 # Limits of the CUDA kernels (csrc/cuda/*.cu); the wrappers use the references beyond them.
 CUDA_ATTENTION_DTYPES = (torch.bfloat16, torch.float16)
@@ -42,6 +43,11 @@ def _register_fakes() -> None:
         B, G = known.shape
         return (known.new_empty((B, G), dtype=torch.float32),
                 known.new_empty((B, torch.sym_min(k, G)), dtype=torch.int64))
+
+    @torch.library.register_fake("dllm_core::argmax_confidence")
+    def _argmax_confidence_fake(logits, exclude):
+        lead = logits.shape[:-1]
+        return logits.new_empty(lead, dtype=torch.int64), logits.new_empty(lead, dtype=torch.float32)
 
 
 def _load() -> None:

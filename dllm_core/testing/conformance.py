@@ -25,8 +25,8 @@ What is checked:
   ``exact_options``, the output equals cache ``"none"`` token for token;
 * schedulers, on hand-made logits (:func:`make_state`, :func:`make_output`): commit only
   candidates, at least one per sequence that has any (unless ``commits_every_step = False``),
-  greedy tokens equal the argmax, the state is not modified, a block is finished within the
-  engine's step limit, sampling is seeded.
+  greedy tokens equal the argmax (also on bfloat16 logits, the dtype real models return), the state
+  is not modified, a block is finished within the engine's step limit, sampling is seeded.
 
 Everything runs on tiny CPU models with short generations, on one intra-op thread (tiny matrices
 gain nothing from more, and lose much on a busy machine): well under a second per test.
@@ -301,7 +301,8 @@ class SchedulerConformance(_ComponentConformance):
         return make_state((3, 5, 4), gen_length=12, block_length=4, block=1, masked=masked,
                           temperature=temperature, seed=seed)
 
-    def _decode_block(self, state: DecodeState, steps: int = 6) -> list[tuple[Commit, torch.Tensor, torch.Tensor]]:
+    def _decode_block(self, state: DecodeState, steps: int = 6,
+                      dtype: torch.dtype = torch.float32) -> list[tuple[Commit, torch.Tensor, torch.Tensor]]:
         """Decode the current block on fresh random logits each step; returns (commit, candidates, logits)."""
         sched = self._scheduler()
         sched.prepare(state, steps)
@@ -309,7 +310,7 @@ class SchedulerConformance(_ComponentConformance):
         limit = 2 * state.block_length + steps + 8  # the engine's stall limit
         done = []
         for i in range(limit):
-            out = make_output(state, seed=100 + i)
+            out = make_output(state, seed=100 + i, dtype=dtype)
             cands = candidates_of(state, out.positions)
             if not bool(cands.any()):
                 return done
@@ -340,6 +341,15 @@ class SchedulerConformance(_ComponentConformance):
         state = self._hand_made_state()
         for commit, cands, logits in self._decode_block(state):
             assert torch.equal(commit.tokens[cands], logits.argmax(-1)[cands])
+
+    def test_bfloat16_logits(self) -> None:
+        """Logits come in the model's dtype (bfloat16 for real checkpoints): same rules as float32."""
+        state = self._hand_made_state()
+        for commit, cands, logits in self._decode_block(state, dtype=torch.bfloat16):
+            assert commit.tokens.dtype == torch.long and commit.confidence.is_floating_point()
+            assert not bool((commit.mask & ~cands).any()), "committed a column that is not a candidate"
+            assert torch.equal(commit.tokens[cands], logits.argmax(-1)[cands])
+        assert not bool(state.masked[:, state.block_start:state.block_end].any()), "block left unfinished"
 
     def test_sampling_is_seeded(self) -> None:
         if not self.deterministic:

@@ -132,19 +132,21 @@ def make_state(prompt_lengths: Sequence[int] = (3, 5), gen_length: int = 8, bloc
 
 
 def make_output(state: DecodeState, logits: Tensor | None = None, *, vocab_size: int | None = None,
-                seed: int = 0, scale: float = 3.0) -> ForwardOutput:
+                seed: int = 0, scale: float = 3.0, dtype: torch.dtype = torch.float32) -> ForwardOutput:
     """A :class:`ForwardOutput` for the current block of ``state``, as a refresh would return it.
 
     :param logits: (B, block, V) predictions; default: seeded random logits times ``scale``
         over ``vocab_size`` (default ``state.mask_id + 1``) ids.  As the engine does, the mask
         id's logit is set to -inf.
+    :param dtype: dtype of the returned logits (the engine passes the model's: bfloat16 for the
+        released checkpoints).
     """
     positions = state.block_positions()
     if logits is None:
         V = state.mask_id + 1 if vocab_size is None else vocab_size
         g = torch.Generator().manual_seed(seed)
         logits = torch.randn((*positions.shape, V), generator=g) * scale
-    logits = logits.float().clone()
+    logits = logits.to(dtype, copy=True)
     if state.mask_id < logits.shape[-1]:
         logits[..., state.mask_id] = float("-inf")
     rows = torch.arange(state.length).unsqueeze(0).expand(state.batch_size, -1)
