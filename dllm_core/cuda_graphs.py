@@ -287,13 +287,17 @@ class GraphedForward:
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         previous = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("error")
         try:
+            with warnings.catch_warnings():  # "prototype feature" notice, raised by strict test runs
+                warnings.simplefilter("ignore")
+                torch.cuda.set_sync_debug_mode("error")
             with torch.cuda.stream(stream):
                 for _ in range(max(1, self.warmup)):
                     self._static_forward(slot, entry)
         finally:
-            torch.cuda.set_sync_debug_mode(previous)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.cuda.set_sync_debug_mode(previous)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
