@@ -5,10 +5,12 @@ attention projections and the two MLP input projections saves launches and lets 
 larger matrix.  The fused matrix does not double memory: it is allocated once (``torch.cat``) and
 every module's weight (and bias) is re-pointed (``param.data = view``) at its rows, so the modules,
 their ``state_dict`` names, ``load_state_dict`` (which copies into the views), optimisers and
-autograd through the modules all keep working.  Anything that *replaces* a parameter
-(``.to()``, ``load_state_dict(assign=True)``) breaks the sharing; :meth:`FusedLinear.valid`
-notices by comparing data pointers, and :class:`~dllm_core.models.transformer.TransformerLM`
-then fuses again (or runs the unfused code path where it cannot).
+autograd through the modules all keep working.  Anything that *replaces* a parameter breaks the
+sharing: ``.to()`` and friends go through ``TransformerLM._apply``, which fuses again; a new
+Parameter object (``load_state_dict(assign=True)``, plain assignment) is noticed by
+:meth:`FusedLinear.valid`, an identity check cheap enough for every forward, and the model fuses
+again on its next forward.  Only ``param.data = other`` by hand goes unnoticed: call
+``fuse_projections()`` after doing that.
 """
 
 from __future__ import annotations
@@ -20,13 +22,11 @@ import torch
 from torch import Tensor, nn
 
 
-def _ptrs(mods: Sequence[nn.Linear]) -> tuple[int, ...]:
-    out = []
-    for m in mods:
-        out.append(m.weight.data_ptr())
-        if m.bias is not None:
-            out.append(m.bias.data_ptr())
-    return tuple(out)
+def _entries(mods: Sequence[nn.Linear]) -> tuple[tuple[dict, str, nn.Parameter], ...]:
+    # (the module's parameter dict, name, the Parameter object now there): identity checks only,
+    # since nn.Module.__getattr__ and data_ptr() would cost ~1 us each, 200+ times per forward.
+    return tuple((m._parameters, name, m._parameters[name]) for m in mods for name in ("weight", "bias")
+                 if m._parameters.get(name) is not None)
 
 
 @dataclass
@@ -36,11 +36,11 @@ class FusedLinear:
     weight: Tensor           #: (sum of out_features, in_features); each module's weight is a view of it
     bias: Tensor | None      #: (sum of out_features,) when the modules have biases, views likewise
     mods: tuple[nn.Linear, ...]
-    ptrs: tuple[int, ...]    #: the modules' parameter data pointers right after fusing
+    entries: tuple[tuple[dict, str, nn.Parameter], ...]  #: see _entries
 
     def valid(self) -> bool:
-        """True while every module parameter is still the view it was made (nothing replaced it)."""
-        return _ptrs(self.mods) == self.ptrs
+        """True while every module still holds the Parameter objects that were made views."""
+        return all(params.get(name) is p for params, name, p in self.entries)
 
 
 def can_fuse(mods: Sequence[nn.Module]) -> bool:
@@ -70,4 +70,4 @@ def fuse_linears(mods: Sequence[nn.Linear]) -> FusedLinear:
     with torch.inference_mode(False), torch.no_grad():  # plain tensors even when called under inference mode
         weight = _share([m.weight for m in mods])
         bias = _share([m.bias for m in mods]) if mods[0].bias is not None else None
-    return FusedLinear(weight, bias, tuple(mods), _ptrs(mods))
+    return FusedLinear(weight, bias, tuple(mods), _entries(mods))

@@ -176,10 +176,11 @@ class TransformerLM(DiffusionLM):
         possible; None runs the separate projections."""
         if not self.use_fused_projections:
             return None
-        parts = self._parts()
-        if torch.is_grad_enabled() and parts and parts[0].q_proj.weight.requires_grad:
-            return None  # training: autograd must see the module parameters
         fused = self.__dict__.get("_fused_layers")
+        if torch.is_grad_enabled():
+            parts = self._parts()
+            if parts and parts[0].q_proj.weight.requires_grad:
+                return None  # training: autograd must see the module parameters
         if fused is not None and all(f.valid() for f in fused):
             return fused
         if h.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
