@@ -57,21 +57,30 @@ def _assert_views_of_fused(model):
                     assert m.bias.untyped_storage().data_ptr() == proj.bias.untyped_storage().data_ptr()
 
 
-def _compare(fused_model, plain_model, ids, atol):
-    """Cached refresh + partial step and full_logits: same argmax, close logits."""
+def _same_greedy(a, b, margin):
+    """Same greedy tokens wherever ``b``'s best logit leads the runner-up by more than ``margin``
+    (closer calls may flip at rounding level; every token when the outputs are bit-identical)."""
+    top2 = b.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > margin
+    assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
+    assert clear.float().mean() > 0.8
+
+
+def _compare(fused_model, plain_model, ids, atol, margin):
+    """Cached refresh + partial step and full_logits: same greedy tokens, close logits."""
     a, ca = _forward(fused_model, ids)
     b, cb = _forward(plain_model, ids)
     torch.testing.assert_close(a, b, atol=atol, rtol=0)
-    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    _same_greedy(a, b, margin)
     rows = torch.tensor([[3, 1, 7, 8]], device=ids.device).expand(ids.shape[0], 4)
     a2, _ = _forward(fused_model, ids, rows, ca)
     b2, _ = _forward(plain_model, ids, rows, cb)
     torch.testing.assert_close(a2, b2, atol=atol, rtol=0)
-    assert torch.equal(a2.argmax(-1), b2.argmax(-1))
+    _same_greedy(a2, b2, margin)
     with torch.no_grad():
         fa, fb = fused_model.full_logits(ids), plain_model.full_logits(ids)
     torch.testing.assert_close(fa, fb, atol=atol, rtol=0)
-    assert torch.equal(fa.argmax(-1), fb.argmax(-1))
+    _same_greedy(fa, fb, margin)
     torch.testing.assert_close(a, fa, atol=atol, rtol=0)  # cached partial forward == full forward
 
 
@@ -80,7 +89,7 @@ def test_fused_equals_unfused(family):
     fused, plain = make_tiny_model(family, seed=5), make_tiny_model(family, seed=5)
     plain.use_fused_projections = False
     ids = torch.randint(0, 127, (2, 24), generator=torch.Generator().manual_seed(0))
-    _compare(fused, plain, ids, atol=1e-5)
+    _compare(fused, plain, ids, atol=1e-5, margin=0.0)
     _assert_views_of_fused(fused)  # fused lazily by the first forward
     assert _fused_layers(plain) is None
 
@@ -187,7 +196,7 @@ def test_fused_equals_unfused_cuda_bf16(family):
     plain = make_tiny_model(family, seed=7, dtype=torch.bfloat16, **overrides).cuda()
     plain.use_fused_projections = False
     ids = torch.randint(0, 127, (2, 40), device="cuda")
-    _compare(fused, plain, ids, atol=0.15)
+    _compare(fused, plain, ids, atol=0.15, margin=0.1)
     _assert_views_of_fused(fused)
     random = build_random_model(tiny_config(family, **overrides), torch.device("cuda"), torch.bfloat16)
     _assert_views_of_fused(random)
