@@ -9,9 +9,11 @@
 
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
 #include <string>
+#include <string_view>
 #include <type_traits>
 
 namespace dllm_core {
@@ -20,6 +22,12 @@ inline std::string msg_piece(const char* s) { return s; }
 inline std::string msg_piece(const std::string& s) { return s; }
 inline std::string msg_piece(c10::ScalarType t) { return c10::toString(t); }
 inline std::string msg_piece(const c10::Device& d) { return d.str(); }
+inline std::string msg_piece(std::string_view s) { return std::string(s); }
+inline std::string msg_piece(c10::IntArrayRef sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
 template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
 std::string msg_piece(T v) { return std::to_string(v); }
 

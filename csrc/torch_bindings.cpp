@@ -42,3 +42,16 @@ TORCH_LIBRARY(dllm_core, m) {
   // softmax probability, with vocabulary id `exclude` read as -inf (exclude < 0: none).
   m.def("argmax_confidence(Tensor logits, int exclude) -> (Tensor, Tensor)");
 }
+
+// ---- fused per-layer element-wise ops (RMSNorm, residual add + RMSNorm, SwiGLU product, q RoPE) ----
+// A fragment of its own so that these schemas merge independently of the block above.
+TORCH_LIBRARY_FRAGMENT(dllm_core, m) {
+  // Returns RMSNorm(x) in x's dtype: float32 statistics, normalised value cast to the dtype, then weight *.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  // Returns (sum = x + delta rounded to the dtype, RMSNorm(sum)).
+  m.def("add_rms_norm(Tensor x, Tensor delta, Tensor weight, float eps) -> (Tensor, Tensor)");
+  // gate_up (..., 2I) = [gate | up]; returns silu(gate) * up (..., I) with the element-wise roundings.
+  m.def("silu_mul(Tensor gate_up) -> Tensor");
+  // Returns RoPE(x) (B, n, H, D) contiguous for x (B, n, H, D) (any strides), positions (B, n) int64.
+  m.def("rope(Tensor x, Tensor positions, float theta) -> Tensor");
+}

@@ -242,3 +242,125 @@ TORCH_LIBRARY_IMPL(dllm_core, CUDA, m) {
 }
 
 }  // namespace dllm_core
+
+// ---- fused per-layer element-wise ops (rms_norm / add_rms_norm, silu_mul, rope) --------------
+namespace dllm_core {
+namespace {
+
+namespace dc = dllm_core::cuda;
+
+// 16-byte accesses need every pointer 16-byte aligned and rows of whole vectors.
+bool ptrs_aligned(std::initializer_list<const at::Tensor*> ts) {
+  for (const auto* t : ts)
+    if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+  return true;
+}
+
+void check_norm_args_cuda(const char* op, const at::Tensor& x, const at::Tensor& weight) {
+  DLLM_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  DLLM_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), op, ": weight must be (", x.size(-1), ",), got ",
+              weight.sizes());
+  DLLM_CHECK(weight.scalar_type() == x.scalar_type(), op, ": x and weight must share one dtype");
+  DLLM_CHECK(x.size(-1) <= INT32_MAX, op, ": the last dim is too large");
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_cuda(const char* op, const at::Tensor& x_in, const at::Tensor* delta_in,
+                                             const at::Tensor& weight_in, double eps) {
+  check_norm_args_cuda(op, x_in, weight_in);
+  if (delta_in != nullptr) {
+    DLLM_CHECK(delta_in->sizes() == x_in.sizes() && delta_in->scalar_type() == x_in.scalar_type(), op,
+                ": delta must have x's shape and dtype");
+    check_cuda(op, {&x_in, delta_in, &weight_in});
+  } else {
+    check_cuda(op, {&x_in, &weight_in});
+  }
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous(), weight = weight_in.contiguous();
+  const auto delta = delta_in != nullptr ? delta_in->contiguous() : at::Tensor();
+  auto out = at::empty(x.sizes(), x.options());
+  auto sum = delta_in != nullptr ? at::empty(x.sizes(), x.options()) : at::Tensor();
+  dc::RmsNormParams p{};
+  p.x = x.data_ptr();
+  p.delta = delta_in != nullptr ? delta.data_ptr() : nullptr;
+  p.weight = weight.data_ptr();
+  p.sum = delta_in != nullptr ? sum.data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  p.N = static_cast<int>(x.size(-1));
+  p.rows = p.N == 0 ? 0 : x.numel() / p.N;
+  p.eps = static_cast<float>(eps);
+  p.dtype = to_dtype(x.scalar_type());
+  const int64_t vec = 16 / x.element_size();
+  bool wide = p.N % vec == 0 && ptrs_aligned({&x, &weight, &out});
+  if (delta_in != nullptr) wide = wide && ptrs_aligned({&delta, &sum});
+  p.vec = wide ? static_cast<int>(vec) : 1;
+  check_launch(dc::launch_rms_norm(p, c10::cuda::getCurrentCUDAStream().stream()), op);
+  return {sum, out};
+}
+
+at::Tensor rms_norm_cuda(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return std::get<1>(norm_cuda("rms_norm", x, nullptr, weight, eps));
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_cuda(const at::Tensor& x, const at::Tensor& delta,
+                                                     const at::Tensor& weight, double eps) {
+  return norm_cuda("add_rms_norm", x, &delta, weight, eps);
+}
+
+at::Tensor silu_mul_cuda(const at::Tensor& gate_up_in) {
+  const char* op = "silu_mul";
+  DLLM_CHECK(gate_up_in.dim() >= 1 && gate_up_in.size(-1) % 2 == 0, op,
+              ": gate_up must be (..., 2I) with an even last dim, got ", gate_up_in.sizes());
+  check_cuda(op, {&gate_up_in});
+  const c10::cuda::CUDAGuard guard(gate_up_in.device());
+  const auto gu = gate_up_in.contiguous();
+  auto shape = gu.sizes().vec();
+  shape.back() /= 2;
+  auto out = at::empty(shape, gu.options());
+  dc::SiluMulParams p{};
+  p.gate_up = gu.data_ptr();
+  p.out = out.data_ptr();
+  p.I = static_cast<int>(shape.back());
+  p.rows = p.I == 0 ? 0 : out.numel() / p.I;
+  p.dtype = to_dtype(gu.scalar_type());
+  const int64_t vec = 16 / gu.element_size();
+  p.vec = p.I % vec == 0 && ptrs_aligned({&gu, &out}) ? static_cast<int>(vec) : 1;
+  check_launch(dc::launch_silu_mul(p, c10::cuda::getCurrentCUDAStream().stream()), op);
+  return out;
+}
+
+at::Tensor rope_cuda(const at::Tensor& x_in, const at::Tensor& positions_in, double theta) {
+  const char* op = "rope";
+  DLLM_CHECK(x_in.dim() == 4, op, ": x must be (B, n, H, D), got ", x_in.sizes());
+  DLLM_CHECK(x_in.size(3) % 2 == 0, op, ": head_dim must be even for rotate-half RoPE");
+  DLLM_CHECK(positions_in.dim() == 2 && positions_in.size(0) == x_in.size(0) && positions_in.size(1) == x_in.size(1),
+              op, ": positions must be (B, n) = (", x_in.size(0), ", ", x_in.size(1), "), got ", positions_in.sizes());
+  DLLM_CHECK(positions_in.scalar_type() == at::kLong, op, ": positions must be int64");
+  check_cuda(op, {&x_in, &positions_in});
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();
+  const auto positions = positions_in.contiguous();
+  auto out = at::empty(x.sizes(), x.options());
+  dc::RopeParams p{};
+  p.x = x.data_ptr();
+  p.out = out.data_ptr();
+  p.positions = positions.data_ptr<int64_t>();
+  copy_strides(p.x_s, x);
+  p.B = x.size(0), p.n = x.size(1), p.H = x.size(2), p.D = x.size(3);
+  p.theta = static_cast<float>(theta);
+  p.dtype = to_dtype(x.scalar_type());
+  const int64_t vec = 16 / x.element_size();
+  p.vec = (p.D / 2) % vec == 0 && vec_aligned(x, vec) && vec_aligned(out, vec) ? static_cast<int>(vec) : 1;
+  check_launch(dc::launch_rope(p, c10::cuda::getCurrentCUDAStream().stream()), op);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dllm_core, CUDA, m) {
+  m.impl("rms_norm", &rms_norm_cuda);
+  m.impl("add_rms_norm", &add_rms_norm_cuda);
+  m.impl("silu_mul", &silu_mul_cuda);
+  m.impl("rope", &rope_cuda);
+}
+
+}  // namespace dllm_core

@@ -84,5 +84,42 @@ struct ArgmaxConfidenceParams {
 };
 cudaError_t launch_argmax_confidence(const ArgmaxConfidenceParams& p, cudaStream_t stream);
 
+// ---- fused per-layer element-wise ops (rms_norm / add_rms_norm, silu_mul, rope) --------------
+struct RmsNormParams {
+  const void* x;       // (rows, N) contiguous
+  const void* delta;   // (rows, N) contiguous for add_rms_norm; null for rms_norm
+  const void* weight;  // (N,) contiguous
+  void* sum;           // (rows, N) contiguous: x + delta rounded to the dtype (add_rms_norm only)
+  void* out;           // (rows, N) contiguous
+  int64_t rows;
+  int N;
+  float eps;
+  DType dtype;
+  int vec;  // elements per access: 16 bytes' worth when N and every pointer allow it, else 1
+};
+cudaError_t launch_rms_norm(const RmsNormParams& p, cudaStream_t stream);
+
+struct SiluMulParams {
+  const void* gate_up;  // (rows, 2I) contiguous: [gate | up]
+  void* out;            // (rows, I) contiguous
+  int64_t rows;
+  int I;
+  DType dtype;
+  int vec;  // as above
+};
+cudaError_t launch_silu_mul(const SiluMulParams& p, cudaStream_t stream);
+
+struct RopeParams {
+  const void* x;             // (B, n, H, D), strides x_s for (b, row, h), last dim contiguous
+  void* out;                 // (B, n, H, D) contiguous
+  const int64_t* positions;  // (B, n) contiguous
+  int64_t x_s[3];
+  int B, n, H, D;
+  float theta;
+  DType dtype;
+  int vec;  // as above (D / 2 must be a multiple of it)
+};
+cudaError_t launch_rope(const RopeParams& p, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace dllm_core

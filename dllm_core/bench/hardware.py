@@ -130,6 +130,9 @@ def build_random_model(config: dict[str, Any], device: torch.device, dtype: torc
                 bias = getattr(module, "bias", None)
                 if isinstance(bias, torch.Tensor):
                     bias.normal_(0.0, std, generator=gen)
+    fuse = getattr(model, "fuse_projections", None)
+    if callable(fuse):  # as load_model does: fused [q; k; v] and [gate; up] weights
+        fuse()
     return model.eval()
 
 

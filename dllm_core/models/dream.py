@@ -40,8 +40,10 @@ class DreamLayer(nn.Module):
 
     def parts(self) -> LayerParts:
         a = self.self_attn
+        m = self.mlp
         return LayerParts(self.input_layernorm, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
-                          self.post_attention_layernorm, self.mlp)
+                          self.post_attention_layernorm, m, gate_proj=m.gate_proj, up_proj=m.up_proj,
+                          down_proj=m.down_proj)
 
 
 class DreamModel(TransformerLM):

@@ -42,7 +42,7 @@ class LLaDABlock(nn.Module):
 
     def parts(self) -> LayerParts:
         return LayerParts(self.attn_norm, self.q_proj, self.k_proj, self.v_proj, self.attn_out, self.ff_norm,
-                          self.mlp)
+                          self.mlp, gate_proj=self.ff_proj, up_proj=self.up_proj, down_proj=self.ff_out)
 
 
 class LLaDAModel(TransformerLM):

@@ -159,6 +159,9 @@ def load_model(name_or_path: str | os.PathLike[str], families: Mapping[str, type
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise ModelFilesError(f"{cls.family} model has tensors no checkpoint provides: {_few(set(left))}")
+    fuse = getattr(model, "fuse_projections", None)
+    if callable(fuse):  # one [q; k; v] and one [gate; up] matrix per layer; module weights become views
+        fuse()
     return model.eval()
 
 
@@ -173,7 +176,7 @@ def save_checkpoint(model: DiffusionLM, model_dir: str | os.PathLike[str], *, co
     """
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {n: t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
+    tensors = {n: _own_storage(t.detach().to("cpu").contiguous()) for n, t in model.state_dict().items()}
     dtype = next(iter(tensors.values())).dtype
     cfg = dict(config)
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
@@ -205,6 +208,12 @@ def save_checkpoint(model: DiffusionLM, model_dir: str | os.PathLike[str], *, co
     index = {"metadata": {"total_size": sum(size.values())}, "weight_map": weight_map}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return out
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied when it is a view into a larger storage (fused projection weights): some
+    safetensors versions refuse to save tensors that share memory."""
+    return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:

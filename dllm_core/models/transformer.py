@@ -6,6 +6,15 @@ forward (:meth:`TransformerLM.forward`) and an independent cache-free full forwa
 (:meth:`TransformerLM.full_logits`) from those parts, so the two can be checked against each other.
 RoPE on keys, cache writes and attention go through :mod:`dllm_core.ops` only, so the compiled
 fast paths replace them without touching the models.
+
+Per layer the driver runs ``h, x = add_rms_norm(h, delta, w)`` (the previous layer's MLP output
+``delta`` is added into the residual stream inside the next norm), one ``[q; k; v]`` GEMM, the query
+RoPE, attention, ``o_proj``, ``add_rms_norm`` again, one ``[gate; up]`` GEMM, ``silu_mul`` and
+``down``: the element-wise work is four compiled kernels.  The fused projection weights are made by
+:meth:`TransformerLM.fuse_projections` (see :mod:`.fusion`); the loader and the benchmarks' random
+builder call it, any other model fuses on its first forward, and where fusing is impossible (a
+family without the parts, gradients needed, during CUDA-graph capture, or
+``use_fused_projections = False``) the separate projections run.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..state import ForwardOutput, ForwardPlan
 from .base import DiffusionLM, KVCache
+from .fusion import FusedLinear, can_fuse, fuse_linears
 
 #: ``attend(q_rot, k, v) -> (out, probs)``: attention of the layer's rows given their post-RoPE
 #: queries and pre-RoPE keys/values; the partial and the full forward differ only in this.
@@ -37,9 +47,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.to(torch.float32)
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        # dllm_core.ops.rms_norm_reference is the definition (the code this module always ran).
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 def swiglu(x: Tensor, gate: nn.Module, up: nn.Module, down: nn.Module) -> Tensor:
@@ -71,6 +80,40 @@ class LayerParts:
     o_proj: nn.Module
     mlp_norm: nn.Module
     mlp: Callable[[Tensor], Tensor]
+    #: The SwiGLU projections behind ``mlp`` (``mlp(x) == down(silu(gate(x)) * up(x))``); when
+    #: given, the driver may fuse gate and up into one GEMM.  None: ``mlp`` runs as it is.
+    gate_proj: nn.Module | None = None
+    up_proj: nn.Module | None = None
+    down_proj: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class FusedLayer:
+    """A layer's fused projections (None where that part cannot be fused)."""
+
+    qkv: FusedLinear | None
+    gate_up: FusedLinear | None
+
+    def valid(self) -> bool:
+        return all(f is None or f.valid() for f in (self.qkv, self.gate_up))
+
+
+def _fuse_layer(parts: LayerParts) -> FusedLayer:
+    attn = [parts.q_proj, parts.k_proj, parts.v_proj]
+    mlp = [parts.gate_proj, parts.up_proj]
+    return FusedLayer(fuse_linears(attn) if can_fuse(attn) else None,
+                      fuse_linears(mlp) if parts.down_proj is not None and can_fuse(mlp) else None)
+
+
+def _add_norm(norm: nn.Module, h: Tensor, delta: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(h + delta, norm(h + delta))``, one kernel for RMSNorm (``delta`` None: nothing to add)."""
+    if isinstance(norm, RMSNorm):
+        if delta is None:
+            return h, ops.rms_norm(h, norm.weight, norm.eps)
+        return ops.add_rms_norm(h, delta, norm.weight, norm.eps)
+    if delta is not None:
+        h = h + delta
+    return h, norm(h)
 
 
 class TransformerLM(DiffusionLM):
@@ -78,6 +121,8 @@ class TransformerLM(DiffusionLM):
 
     #: Checkpoint tensors the loader may drop silently (e.g. a head stored although tied).
     ignored_checkpoint_keys: tuple[str, ...] = ()
+    #: False: never fuse projections (the separate q/k/v and gate/up GEMMs run; for tests/comparisons).
+    use_fused_projections: bool = True
 
     # -- what a family provides ----------------------------------------------------------------
 
@@ -112,18 +157,60 @@ class TransformerLM(DiffusionLM):
             self.__dict__["_layer_parts_cache"] = parts
         return parts
 
-    def _layer(self, parts: LayerParts, h: Tensor, pos: Tensor, attend: AttendFn) -> tuple[Tensor, Tensor]:
+    def fuse_projections(self) -> None:
+        """Fuse every layer's q/k/v and gate/up weights in place (see :mod:`.fusion`); idempotent in
+        effect.  Called by the loader and the benchmarks' builder; other models fuse on first forward."""
+        self.__dict__["_fused_layers"] = [_fuse_layer(p) for p in self._parts()]
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to() / .half() / to_empty() replace every parameter: drop the old fused tensors (else they
+        # would stay alive) and fuse the new parameters again.
+        was_fused = self.__dict__.pop("_fused_layers", None) is not None
+        out = super()._apply(fn, recurse)
+        if was_fused:
+            self.fuse_projections()
+        return out
+
+    def _fused(self, h: Tensor) -> list[FusedLayer] | None:
+        """The fused projections to use for a forward on ``h``, fusing (again) when needed and
+        possible; None runs the separate projections."""
+        if not self.use_fused_projections:
+            return None
+        fused = self.__dict__.get("_fused_layers")
+        if torch.is_grad_enabled():
+            parts = self._parts()
+            if parts and parts[0].q_proj.weight.requires_grad:
+                return None  # training: autograd must see the module parameters
+        if fused is not None and all(f.valid() for f in fused):
+            return fused
+        if h.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None  # a copy inside a graph would be replayed on every call
+        self.fuse_projections()
+        return self.__dict__["_fused_layers"]
+
+    def _layer(self, parts: LayerParts, fused: FusedLayer | None, h: Tensor, delta: Tensor | None, pos: Tensor,
+               attend: AttendFn) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer on the residual stream ``h + delta``; returns ``(h', delta', probs)`` where
+        ``h' + delta'`` is the layer's output (the add is left to the next norm)."""
         s = self.spec
         B, n, _ = h.shape
-        x = parts.attn_norm(h)
-        q = parts.q_proj(x).view(B, n, s.num_heads, s.head_dim)
-        k = parts.k_proj(x).view(B, n, s.num_kv_heads, s.head_dim)
-        v = parts.v_proj(x).view(B, n, s.num_kv_heads, s.head_dim)
-        q = ops.apply_rope(q, pos, s.rope_theta)
+        hq, hkv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        h, x = _add_norm(parts.attn_norm, h, delta)
+        if fused is not None and fused.qkv is not None:
+            q, k, v = F.linear(x, fused.qkv.weight, fused.qkv.bias).split([hq, hkv, hkv], dim=-1)
+        else:
+            q, k, v = parts.q_proj(x), parts.k_proj(x), parts.v_proj(x)
+        q = q.view(B, n, s.num_heads, s.head_dim)
+        k = k.view(B, n, s.num_kv_heads, s.head_dim)
+        v = v.view(B, n, s.num_kv_heads, s.head_dim)
+        q = ops.rope(q, pos, s.rope_theta)
         out, probs = attend(q, k, v)
-        h = h + parts.o_proj(out.reshape(B, n, s.num_heads * s.head_dim))
-        h = h + parts.mlp(parts.mlp_norm(h))
-        return h, probs
+        h, x = _add_norm(parts.mlp_norm, h, parts.o_proj(out.reshape(B, n, hq)))
+        if fused is not None and fused.gate_up is not None and parts.down_proj is not None:
+            delta = parts.down_proj(ops.silu_mul(F.linear(x, fused.gate_up.weight)))
+        else:
+            delta = parts.mlp(x)
+        return h, delta, probs
 
     def _logits(self, h: Tensor) -> Tensor:
         # In the model's dtype: a float32 copy of (rows, V) would be the largest temporary of a step
@@ -159,6 +246,8 @@ class TransformerLM(DiffusionLM):
         attention: list[Tensor] | None = [] if need_probs else None
 
         h = self.embed_tokens(ids)
+        delta: Tensor | None = None
+        fused = self._fused(h)
         for i, parts in enumerate(self._parts()):
             k_cache, v_cache = cache.k[i], cache.v[i]
 
@@ -167,9 +256,11 @@ class TransformerLM(DiffusionLM):
                 ops.kv_cache_update(k_cache, v_cache, k, v, rows, pos, self.spec.rope_theta)
                 return ops.partial_attention(q, k_cache, v_cache, key_mask, scale, need_probs)
 
-            h, probs = self._layer(parts, h, pos, attend)
+            h, delta, probs = self._layer(parts, None if fused is None else fused[i], h, delta, pos, attend)
             if attention is not None:
                 attention.append(probs)
+        if delta is not None:
+            h = h + delta
 
         # LM head only on the hidden rows that predict logit_positions.  Where each needed column
         # sits inside ``rows`` comes from a (B, T) scatter map, so no host sync is needed.
@@ -198,8 +289,12 @@ class TransformerLM(DiffusionLM):
             return ops.partial_attention(q, ops.apply_rope(k, positions, theta), v, valid, scale, False)
 
         h = self.embed_tokens(input_ids)
-        for parts in self._parts():
-            h, _ = self._layer(parts, h, positions, attend)
+        delta: Tensor | None = None
+        fused = self._fused(h)
+        for i, parts in enumerate(self._parts()):
+            h, delta, _ = self._layer(parts, None if fused is None else fused[i], h, delta, positions, attend)
+        if delta is not None:
+            h = h + delta
         if self.spec.shifted_logits:
             h = torch.cat([h[:, :1], h[:, :-1]], dim=1)
         return self._logits(h)

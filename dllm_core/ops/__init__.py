@@ -18,10 +18,13 @@ from .extension import extension_status
 from .kv_cache_update import kv_cache_update_reference
 from .partial_attention import partial_attention_reference
 from .rope import apply_rope, rope_cos_sin
+from .rms_norm import add_rms_norm_reference, rms_norm_reference
+from .silu_mul import silu_mul_reference
 
 __all__ = [
     "apply_rope", "rope_cos_sin", "kv_cache_update", "partial_attention", "certainty_density_topk",
     "certainty_density_reference", "extension_status",
+    "rms_norm", "add_rms_norm", "silu_mul", "rope",
 ]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -78,3 +81,48 @@ def argmax_confidence(logits: Tensor, exclude: int = -1) -> tuple[Tensor, Tensor
             and 0 < logits.shape[-1] < 2 ** 31 and exclude < logits.shape[-1]):
         return torch.ops.dllm_core.argmax_confidence(logits, int(exclude))
     return argmax_confidence_reference(logits, exclude)
+
+# ---- fused per-layer element-wise ops ----------------------------------------------------------
+# No autograd formulas: where a gradient is needed (training through full_logits) the references run.
+
+def _needs_grad(*ts: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def _norm_ok(op: str, x: Tensor, weight: Tensor) -> bool:
+    return (_compiled(op, x) and x.dtype in _FLOATS and weight.dtype == x.dtype and weight.dim() == 1
+            and x.dim() >= 1 and weight.shape[0] == x.shape[-1] and weight.device == x.device
+            and not _needs_grad(x, weight))
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dim (see :func:`rms_norm_reference`)."""
+    if _norm_ok("rms_norm", x, weight):
+        return torch.ops.dllm_core.rms_norm(x, weight, float(eps))
+    return rms_norm_reference(x, weight, eps)
+
+
+def add_rms_norm(x: Tensor, delta: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(x + delta, RMSNorm(x + delta))`` (see :func:`add_rms_norm_reference`)."""
+    if (_norm_ok("add_rms_norm", x, weight) and delta.dtype == x.dtype and delta.shape == x.shape
+            and delta.device == x.device and not _needs_grad(delta)):
+        return torch.ops.dllm_core.add_rms_norm(x, delta, weight, float(eps))
+    return add_rms_norm_reference(x, delta, weight, eps)
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """``silu(gate) * up`` of ``gate_up = [gate | up]`` (see :func:`silu_mul_reference`)."""
+    if (_compiled("silu_mul", gate_up) and gate_up.dtype in _FLOATS and gate_up.dim() >= 1
+            and gate_up.shape[-1] % 2 == 0 and not _needs_grad(gate_up)):
+        return torch.ops.dllm_core.silu_mul(gate_up)
+    return silu_mul_reference(gate_up)
+
+
+def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
+    """RoPE of ``x`` (B, n, H, D), any strides, by ``positions`` (B, n): a new contiguous tensor
+    (see :func:`apply_rope`; the compiled kernels rotate exactly as :func:`kv_cache_update` rotates keys)."""
+    if (_compiled("rope", x) and x.dtype in _FLOATS and x.dim() == 4 and x.shape[-1] % 2 == 0
+            and positions.dtype == torch.int64 and positions.shape == x.shape[:2]
+            and positions.device == x.device and not _needs_grad(x)):
+        return torch.ops.dllm_core.rope(x, positions, float(theta))
+    return apply_rope(x, positions, theta)

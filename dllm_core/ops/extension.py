@@ -17,6 +17,10 @@ import torch
 OPS = ("kv_cache_update", "partial_attention", "certainty_density_topk")
 OPS += ("argmax_confidence",)
 
+#: The fused per-layer element-wise ops (RMSNorm, residual add + RMSNorm, SwiGLU product, q RoPE).
+FUSED_OPS = ("rms_norm", "add_rms_norm", "silu_mul", "rope")
+OPS = OPS + FUSED_OPS
+
 # Limits of the CUDA kernels (csrc/cuda/*.cu); the wrappers use the references beyond them.
 CUDA_ATTENTION_DTYPES = (torch.bfloat16, torch.float16)
 CUDA_ATTENTION_HEAD_DIMS = (64, 128)
@@ -50,6 +54,24 @@ def _register_fakes() -> None:
         return logits.new_empty(lead, dtype=torch.int64), logits.new_empty(lead, dtype=torch.float32)
 
 
+def _register_fused_fakes() -> None:
+    @torch.library.register_fake("dllm_core::rms_norm")
+    def _rms_norm_fake(x, weight, eps):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("dllm_core::add_rms_norm")
+    def _add_rms_norm_fake(x, delta, weight, eps):
+        return x.new_empty(x.shape), x.new_empty(x.shape)
+
+    @torch.library.register_fake("dllm_core::silu_mul")
+    def _silu_mul_fake(gate_up):
+        return gate_up.new_empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2))
+
+    @torch.library.register_fake("dllm_core::rope")
+    def _rope_fake(x, positions, theta):
+        return x.new_empty(x.shape)
+
+
 def _load() -> None:
     global _loaded, _error
     if os.environ.get("DLLM_CORE_DISABLE_EXTENSION", "") == "1":
@@ -61,6 +83,7 @@ def _load() -> None:
         _error = f"{type(exc).__name__}: {exc}"
         return
     _register_fakes()
+    _register_fused_fakes()
     _loaded = True
 
 
