@@ -114,22 +114,23 @@ def select_rows_tensors(x: Tensor, valid: Tensor, last_commit: Tensor | None, co
     B, T = x.shape
     gs, G, bl = gen_start, confidence.shape[1], block_length
     dev = x.device
-    cols = torch.arange(G, device=dev)
+    cols, tcols = torch.arange(G, device=dev), torch.arange(T, device=dev)
     state_masked = x == mask_id
     masked = state_masked[:, gs:gs + G]
     bs, be = bounds[0] - gs, bounds[1] - gs
+    from_block = masked & (cols >= bs)
     # Search region: from the block start to the first block boundary with >= k masks (upstream);
     # with a single block this is every masked column.
-    cum = (masked & (cols >= bs)).cumsum(1)
+    cum = from_block.cumsum(1)
     meets = cum >= k
     first = torch.where(meets.any(1), meets.int().argmax(1), torch.full_like(cum[:, 0], G - 1))
     end = (((first // bl) + 1) * bl).clamp(max=G)
-    cand = masked & (cols >= bs) & (cols < end.unsqueeze(1))
+    cand = from_block & (cols < end.unsqueeze(1))
     scores, top = certainty_density_topk(~masked, confidence, cand, sigma, k)
     if bl < G:
         # masks of the current block first, so a step always has candidates (upstream adds the
         # maximum score to in-block scores for the same purpose)
-        tier = cand.long() + (cand & (cols >= bs) & (cols < be)).long()
+        tier = cand.long() + (cand & (cols < be)).long()
         top = lexicographic_order(tier, scores)[:, :top.shape[1]]
     ok = cand.gather(1, top)
     # ascending columns, padding slots last, so that schedulers break ties by the lower column
@@ -144,9 +145,9 @@ def select_rows_tensors(x: Tensor, valid: Tensor, last_commit: Tensor | None, co
     stage2 = last_commit if last_commit is not None else torch.zeros_like(stage1_rows)
     stage3 = nucleus_select(influence, p, valid & ~stage1_rows & ~stage2)
     rows = inflate_gaps(stage1_rows | stage2 | stage3, inflate_w)
-    candidate = state_masked & (torch.arange(T, device=dev) >= bounds[0]) & (torch.arange(T, device=dev) < bounds[1])
+    candidate = state_masked & (tcols >= bounds[0]) & (tcols < bounds[1])
     stage1 = torch.where(ok, stage1, _padding_position(candidate, rows, ~ok.all(1), shifted).unsqueeze(1))
-    full_mask = state_masked & (torch.arange(T, device=dev) >= gs)
+    full_mask = state_masked & (tcols >= gs)
     # Top-up order: left-padding columns first (recomputing them changes nothing: no real row
     # attends to them), then upstream's order: masked columns by certainty prior, then the rest
     # by rollout influence.
@@ -212,12 +213,13 @@ class D2Cache(CachePolicy):
         #: step overwrites
         self.last_selection: RowSelection | None = None
         self._bounds: tuple[tuple[int, int], Tensor] | None = None
-        if getattr(self, "_graphed", None) != state.cuda_graphs:
-            on = self._graphed = state.cuda_graphs
-            self._select = GraphedFunction(select_rows_tensors, enabled=on, name="d2cache.select_rows")
-            self._rows = GraphedFunction(rows_from_mask_padded, enabled=on, name="d2cache.rows_from_mask")
-            self._rollout = GraphedFunction(rollout_influence_padded, enabled=on, name="d2cache.rollout")
-            self._update = GraphedFunction(update_confidence, enabled=on, name="d2cache.update_confidence")
+        if not hasattr(self, "_select"):  # the graphs live as long as the policy (across generations)
+            self._select = GraphedFunction(select_rows_tensors, name="d2cache.select_rows")
+            self._rows = GraphedFunction(rows_from_mask_padded, name="d2cache.rows_from_mask")
+            self._rollout = GraphedFunction(rollout_influence_padded, name="d2cache.rollout")
+            self._update = GraphedFunction(update_confidence, name="d2cache.update_confidence")
+        for fn in (self._select, self._rows, self._rollout, self._update):
+            fn.enabled = state.cuda_graphs
 
     def plan(self, state: DecodeState) -> ForwardPlan:
         if self._influence is None or self._confidence is None:
