@@ -213,6 +213,7 @@ class D2Cache(CachePolicy):
         #: step overwrites
         self.last_selection: RowSelection | None = None
         self._bounds: tuple[tuple[int, int], Tensor] | None = None
+        self._planned: tuple[Tensor, Tensor] | None = None  # (the plan's rows, the same padded to the bucket)
         if not hasattr(self, "_select"):  # the graphs live as long as the policy (across generations)
             self._select = GraphedFunction(select_rows_tensors, name="d2cache.select_rows")
             self._rows = GraphedFunction(rows_from_mask_padded, name="d2cache.rows_from_mask")
@@ -232,9 +233,10 @@ class D2Cache(CachePolicy):
                            state.shifted_logits, o.k, o.p, o.sigma, o.inflate_w)
         # The one host sync of the step: the model needs the row count as a shape.
         q = int(sel.count)
-        rows = self._rows(sel.rows, sel.tier, sel.score, sel.count, bucket_size(q, state.length))
+        padded = self._rows(sel.rows, sel.tier, sel.score, sel.count, bucket_size(q, state.length))
         self.last_selection = sel
-        return ForwardPlan(rows=rows[:, :q], logit_positions=sel.stage1, need_attention=True)
+        self._planned = (padded[:, :q], padded)
+        return ForwardPlan(rows=self._planned[0], logit_positions=sel.stage1, need_attention=True)
 
     def observe(self, state: DecodeState, plan: ForwardPlan, out: ForwardOutput, commit: Commit) -> None:
         if out.attention is None:
@@ -251,7 +253,9 @@ class D2Cache(CachePolicy):
             q = out.rows.shape[1]
             qb = bucket_size(q, state.length)
             attention = F.pad(torch.stack(out.attention, dim=1), (0, 0, 0, qb - q))
-            self._influence = self._rollout(attention, pad_columns(out.rows, qb), state.valid)
+            planned = self._planned
+            rows = planned[1] if planned is not None and out.rows is planned[0] else pad_columns(out.rows, qb)
+            self._influence = self._rollout(attention, rows, state.valid)
 
     def _block_bounds(self, state: DecodeState) -> Tensor:
         """:func:`block_bounds`, made once per block."""
