@@ -18,10 +18,11 @@ tuples of them), which enters the signature as is and is baked into the graph.  
 called with varying shapes therefore captures one graph per shape: pad inputs to a few
 buckets (:func:`dllm_core.cuda_graphs.bucket_size`) and pass the true size as a tensor.
 
-Outputs.  Whatever the function returns (a tensor, a tuple or a dataclass of tensors, ...).  After
-a replay they are the objects the capture returned, holding the graph's static output tensors: valid until the next call *with the same
-signature*, which overwrites them (clone what must outlive it).  Each graph has its own memory
-pool, so replaying one graph never overwrites another graph's outputs.
+Outputs.  Whatever the function returns (a tensor, a tuple or a dataclass of tensors, ...).
+After a replay they are the objects the capture returned, holding the graph's static output
+tensors: valid until the next call *with the same signature*, which overwrites them (clone what
+must outlive it).  Each graph has its own memory pool, so replaying one graph never overwrites
+another graph's outputs.
 
 Eager fallback.  The function runs eagerly, exactly as a plain call, when the facility is
 disabled (``enabled=False``, e.g. ``Engine(cuda_graphs=False)``), when the tensor arguments are
