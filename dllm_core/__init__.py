@@ -21,6 +21,7 @@ _EXPORTS = {
     "engine": ("Engine",),
     "errors": ("DllmError", "IncompatibleStrategyError", "ModelFilesError", "OptionError", "PluginLoadError",
                "PromptTooLongError", "UnknownComponentError"),
+    "graphed_function": ("GraphedFunction",),
     "hookspecs": ("hookimpl",),
     "models.base": ("DiffusionLM", "KVCache", "ModelSpec"),
     "options": ("NoOptions", "Options", "check_range"),
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
     from .errors import (DllmError, IncompatibleStrategyError, ModelFilesError, OptionError, PluginLoadError,
                          PromptTooLongError, UnknownComponentError)
+    from .graphed_function import GraphedFunction
     from .hookspecs import hookimpl
     from .models.base import DiffusionLM, KVCache, ModelSpec
     from .options import NoOptions, Options, check_range
@@ -62,7 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CachePolicy", "Commit", "Component", "DecodeState", "DiffusionLM", "DllmError", "Engine", "ForwardOutput",
-    "ForwardPlan", "GenerationResult", "Guide", "IncompatibleStrategyError", "KVCache", "ModelFilesError",
+    "ForwardPlan", "GenerationResult", "GraphedFunction", "Guide", "IncompatibleStrategyError", "KVCache", "ModelFilesError",
     "ModelSpec", "NoOptions", "OptionError", "Options", "PluginLoadError", "PromptTooLongError", "Registry",
     "Scheduler", "StepTrace", "Strategy", "StrategyContext", "UnknownComponentError", "check_range", "hookimpl",
     "make_plugin_manager",

@@ -10,7 +10,9 @@ through a pluggy hook) once per step:
 5. ``cache.observe(state, plan, out, commit)``      learn from what changed
 
 Components must not call ``.item()`` or loop over batch rows in Python on the per-step path
-where they can avoid it (the step should be capturable in a CUDA graph).
+where they can avoid it (the step should be capturable in a CUDA graph).  When
+``DecodeState.cuda_graphs`` is set, a component may replay its own per-step tensor work from
+CUDA graphs with :class:`dllm_core.GraphedFunction` (eager otherwise).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class StrategyContext:
     guide: "Guide | None"
     vocab_size: int = 0
     tokenizer: Any = None
+    cuda_graphs: bool = False  #: the engine replays CUDA graphs (see ``DecodeState.cuda_graphs``)
 
     @property
     def uses_blocks(self) -> bool:

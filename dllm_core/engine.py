@@ -51,7 +51,8 @@ class Engine:
         else CPU; the checkpoint's dtype).
     :param plugins: extra plugin objects to register (in addition to installed ones).
     :param cuda_graphs: replay captured CUDA graphs of the model's partial forward (one graph per
-        plan shape; see :mod:`dllm_core.cuda_graphs`); False runs eagerly.
+        plan shape; see :mod:`dllm_core.cuda_graphs`), and let components replay their per-step
+        work from graphs (``DecodeState.cuda_graphs``); False runs everything eagerly.
     """
 
     def __init__(self, model: str | Path | DiffusionLM | None = None, cache: Any = "none",
@@ -72,6 +73,7 @@ class Engine:
             guide=self.registry.create("guide", guide, guide_options))
         self.stop_ids = self._stop_ids()
         self.forward = self.model
+        self.cuda_graphs = bool(cuda_graphs)
         if cuda_graphs:
             if self.device.type != "cuda":
                 raise OptionError("option 'cuda_graphs' needs a CUDA device")
@@ -177,7 +179,7 @@ class Engine:
                                gen_length=s["gen_length"], block_length=s["block_length"], steps=s["steps"],
                                temperature=s["temperature"], cache=self.strategy.cache,
                                scheduler=self.strategy.scheduler, guide=self.strategy.guide,
-                               vocab_size=spec.vocab_size, tokenizer=self.tokenizer)
+                               vocab_size=spec.vocab_size, tokenizer=self.tokenizer, cuda_graphs=self.cuda_graphs)
 
     @torch.inference_mode()
     def generate_ids(self, input_ids: Sequence[Sequence[int]], *, gen_length: int | None = None,
@@ -245,7 +247,7 @@ class Engine:
         return DecodeState(x=x.to(self.device), valid=valid.to(self.device), positions=positions.to(self.device),
                            gen_start=P, gen_length=s["gen_length"], block_length=s["block_length"],
                            mask_id=spec.mask_id, eos_id=spec.eos_id, shifted_logits=spec.shifted_logits,
-                           temperature=s["temperature"], generator=gen)
+                           temperature=s["temperature"], generator=gen, cuda_graphs=self.cuda_graphs)
 
     def _outputs(self, state: DecodeState) -> tuple[list[str], list[list[int]], int]:
         gen = state.x[:, state.gen_start:].tolist()

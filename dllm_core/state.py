@@ -37,6 +37,9 @@ class DecodeState:
     block: int = 0            #: index of the current block
     step_in_block: int = 0    #: steps taken so far in the current block
     last_commit: Tensor | None = None  #: (B, T) bool, positions committed by the previous step
+    #: the engine replays CUDA graphs (``Engine(cuda_graphs=True)``); components may then capture
+    #: their own per-step work too (:class:`dllm_core.graphed_function.GraphedFunction`)
+    cuda_graphs: bool = False
     extras: dict = field(default_factory=dict)  #: free space for components (keyed by their name)
 
     @property

@@ -7,18 +7,23 @@ composition on hand-made states, and the scheduler's commit sets.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import warnings
 
 import pytest
 import torch
 
-from dllm_core import Commit, DecodeState, Engine, ForwardOutput, OptionError, Registry, make_plugin_manager
+from dllm_core import (Commit, DecodeState, Engine, ForwardOutput, GraphedFunction, OptionError, Registry,
+                       make_plugin_manager)
+from dllm_core.cuda_graphs import pad_columns
 from dllm_core.testing.tiny import make_tiny_model
 import dllm_plugins.d2cache as d2cache_plugin
 from dllm_plugins.certainty_prior import CertaintyPrior, certainty_prior_commit
 from dllm_plugins.d2cache.cache import ANCHOR, D2Cache, select_rows
-from dllm_plugins.d2cache.nucleus import inflate_gaps, nucleus_select, rows_from_mask
-from dllm_plugins.d2cache.rollout import rollout_influence, rollout_influence_dense
+from dllm_plugins.d2cache.nucleus import inflate_gaps, nucleus_select, rows_from_mask, rows_from_mask_padded
+from dllm_plugins.d2cache.rollout import rollout_influence, rollout_influence_dense, rollout_influence_padded
 
 PROMPTS = [[3, 4, 5, 6, 7], [9, 10]]
 
@@ -274,3 +279,109 @@ def test_certainty_prior_select_uses_logits():
     assert c.mask.tolist() == [[False, False, True, False]] and c.tokens.tolist() == [[0, 0, 0, 0]]
     c = CertaintyPrior(sigma=1.0, tokens_per_step=2).select(st, out, cand)
     assert c.mask.tolist() == [[True, True, False, False]]
+
+
+# -- per-step work on fixed shapes and from CUDA graphs ------------------------------------------
+
+@pytest.mark.parametrize("q, width", [(1, 1), (1, 16), (5, 5), (5, 16), (12, 12)])
+def test_padded_rollout_equals_dense_chain(q, width):
+    """The q-space chain on stacked rows padded to a bucket (padding rows hold other finite values)."""
+    g = torch.Generator().manual_seed(q + width)
+    B, T, L = 3, 16, 4
+    rows = torch.stack([torch.randperm(T, generator=g)[:q] for _ in range(B)])
+    attn = [torch.softmax(torch.randn(B, q, T, generator=g, dtype=torch.float64) * 2, -1) for _ in range(L)]
+    attn[2] = attn[2] * 0.6
+    stacked = torch.rand(B, L, width, T, generator=g, dtype=torch.float64)
+    stacked[:, :, :q] = torch.stack(attn, dim=1)
+    start = torch.rand(B, T, generator=g, dtype=torch.float64)
+    for s in (torch.ones_like(start), start):
+        got = rollout_influence_padded(stacked, pad_columns(rows, width), s)
+        assert torch.allclose(got, rollout_influence_dense(attn, rows, s), rtol=0, atol=1e-10)
+    valid = torch.rand(B, T, generator=g) > 0.2  # bool start: float32 result, as d2Cache uses it
+    got = rollout_influence_padded(stacked.float(), pad_columns(rows, width), valid)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, rollout_influence([a.float() for a in attn], rows, valid.float()))
+
+
+@pytest.mark.parametrize("q, width", [(1, 1), (3, 16), (7, 8), (20, 20)])
+def test_rows_from_mask_padded_extends_rows_from_mask(q, width):
+    g = torch.Generator().manual_seed(q)
+    B, T = 4, 20
+    selected = torch.rand(B, T, generator=g) > 0.8
+    selected[:, 0] = False
+    tier = torch.randint(1, 4, (B, T), generator=g)
+    score = torch.randn(B, T, generator=g).round(decimals=1)  # ties
+    q = max(q, int(selected.sum(1).max()))
+    width = max(width, q)
+    got = rows_from_mask_padded(selected, tier, score, torch.tensor(q), width)
+    want = rows_from_mask(selected, tier, score, q)
+    assert torch.equal(got, pad_columns(want, width))
+
+
+def _generate(eng, prompts, graphs: bool, **settings):
+    """Generate with ``DecodeState.cuda_graphs`` forced to ``graphs`` (CPU engines refuse the option)."""
+    make = Engine._initial_state.__get__(eng)
+    eng._initial_state = lambda *a: dataclasses.replace(make(*a), cuda_graphs=graphs)
+    try:
+        return eng.generate_ids(prompts, trace=True, **settings)
+    finally:
+        del eng._initial_state
+
+
+@pytest.mark.parametrize("opts, block_length", [({}, None), ({"k": 3, "p": 0.3}, 8),
+                                                ({"k": 6, "p": 0.5, "inflate_w": 3}, None),
+                                                ({"k": 2, "p": 0.2, "stage1_confidence": "step0"}, 8)])
+def test_static_buffer_path_gives_the_same_tokens(model, plugins, monkeypatch, opts, block_length):
+    """With graphs "on", every per-step function runs on static buffers that the next call of its
+    shape overwrites (simulated on CPU): same rows and tokens as the eager path."""
+    import dllm_plugins.d2cache.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "GraphedFunction", functools.partial(GraphedFunction, simulate=True))
+    eng = Engine(model=model, cache="d2cache", scheduler="certainty_prior", device="cpu", plugins=plugins,
+                 cache_options=opts)
+    prompts = [[3, 4, 5, 6, 7, 8, 9], [9, 10], [11, 12, 13, 14]]
+    settings = {"gen_length": 24, "block_length": block_length}
+    for batch in (prompts, prompts[1:2], prompts):
+        eager = _generate(eng, batch, False, **settings)
+        c = eng.strategy.cache
+        fns = (c._select, c._rows, c._rollout)
+        before = [f.stats["eager_calls"] for f in fns]
+        graphed = _generate(eng, batch, True, **settings)
+        assert [f.stats["eager_calls"] for f in fns] == before  # every call on static buffers
+        assert graphed.token_ids == eager.token_ids
+        assert [t.rows_computed for t in graphed.trace] == [t.rows_computed for t in eager.trace]
+    assert all(f.stats["replays"] > 0 for f in fns)
+    assert c._select.num_graphs == 2  # one per (B, T), kept across generations
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("scheduler", ["low_confidence", "certainty_prior"])
+@pytest.mark.parametrize("opts, block_length", [({}, None), ({"k": 4, "p": 0.3}, 16),
+                                                ({"k": 8, "p": 0.5, "inflate_w": 3}, None),
+                                                ({"k": 2, "stage1_confidence": "step0"}, 16)])
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_cuda_graphs_give_identical_tokens(family, plugins, scheduler, opts, block_length):
+    """Engine(cuda_graphs=True) replays d2Cache's per-step work (and the forward) from graphs;
+    Engine(cuda_graphs=False) runs all of it eagerly; greedy tokens and row counts agree."""
+    m = make_tiny_model(family).cuda()
+    kw = {"cache": "d2cache", "scheduler": scheduler, "device": "cuda", "plugins": plugins, "cache_options": opts}
+    eager, graphed = Engine(model=m, **kw), Engine(model=m, cuda_graphs=True, **kw)
+    prompts = [[3, 4, 5, 6, 7, 8, 9], [9, 10], [11, 12, 13, 14]]
+    settings = {"gen_length": 48, "block_length": block_length, "trace": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no capture may fail
+        for batch in (prompts, prompts[:1], prompts):  # the third run replays the first one's graphs
+            a, b = eager.generate_ids(batch, **settings), graphed.generate_ids(batch, **settings)
+            assert b.token_ids == a.token_ids
+            assert [t.rows_computed for t in b.trace] == [t.rows_computed for t in a.trace]
+    c = graphed.strategy.cache
+    fns = [c._select, c._rows, c._rollout] + ([c._update] if opts.get("stage1_confidence") != "step0" else [])
+    for f in fns:
+        assert f.stats["replays"] > 0 and f.stats["eager_calls"] == 0, (f.name, f.stats)
+    assert c._select.num_graphs == 2 and c._rows.num_graphs <= 12  # buckets, not one graph per row count
+    e = eager.strategy.cache
+    assert all(f.stats["captures"] == 0 and f.stats["eager_calls"] > 0 for f in (e._select, e._rows, e._rollout))

@@ -30,15 +30,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from dllm_core import (CachePolicy, Commit, DecodeState, DllmError, ForwardOutput, ForwardPlan, OptionError, Options,
-                       check_range)
+from dllm_core import (CachePolicy, Commit, DecodeState, DllmError, ForwardOutput, ForwardPlan, GraphedFunction,
+                       OptionError, Options, check_range)
+from dllm_core.cuda_graphs import bucket_size, pad_columns
 from dllm_core.ops import certainty_density_topk
 from dllm_core.sampling import sample_plain_confidence
 
-from .nucleus import inflate_gaps, lexicographic_order, nucleus_select, rows_from_mask
-from .rollout import rollout_influence
+from .nucleus import inflate_gaps, lexicographic_order, nucleus_select, rows_from_mask_padded
+from .rollout import rollout_influence, rollout_influence_padded
 
 #: Last-resort filler of unused logit slots: column 0 is a prompt (or left-padding) column, never
 #: a candidate, and for both model kinds its prediction comes from hidden row 0.
@@ -80,6 +82,16 @@ class RowSelection:
     rows: Tensor          #: the union, after inflation, plus ANCHOR where a logit slot needs it
     tier: Tensor          #: (B, T) long top-up priority: 3 left padding, 2 masked, 1 other
     score: Tensor         #: (B, T) float top-up score within a tier (certainty prior or influence)
+    count: Tensor         #: () long, the step's row count q: the largest ``rows`` set of the batch
+
+
+def block_bounds(state: DecodeState) -> Tensor:
+    """(2,) long ``[block_start, block_end]`` on the state's device, written by two fills (no
+    host-to-device copy, which would synchronise): the selection takes the block as a tensor so
+    that one CUDA graph serves every block."""
+    bounds = torch.full((2,), state.block_start, dtype=torch.long, device=state.x.device)
+    bounds[1] = state.block_end
+    return bounds
 
 
 def select_rows(state: DecodeState, confidence: Tensor, influence: Tensor, *, k: int, p: float, sigma: float,
@@ -89,61 +101,71 @@ def select_rows(state: DecodeState, confidence: Tensor, influence: Tensor, *, k:
     :param confidence: (B, gen_length) float32 confidence of each generated column.
     :param influence: (B, T) rollout influence of each column from the previous forward.
     """
-    B, T = state.x.shape
-    gs, G, bl = state.gen_start, state.gen_length, state.block_length
-    dev = state.x.device
-    cols = torch.arange(G, device=dev)
-    masked = state.masked[:, gs:gs + G]
-    bs, be = state.block_start - gs, state.block_end - gs
+    return select_rows_tensors(state.x, state.valid, state.last_commit, confidence, influence, block_bounds(state),
+                               state.gen_start, state.block_length, state.mask_id, state.shifted_logits, k, p, sigma,
+                               inflate_w)
+
+
+def select_rows_tensors(x: Tensor, valid: Tensor, last_commit: Tensor | None, confidence: Tensor, influence: Tensor,
+                        bounds: Tensor, gen_start: int, block_length: int, mask_id: int, shifted: bool, k: int,
+                        p: float, sigma: float, inflate_w: int) -> RowSelection:
+    """:func:`select_rows` on the state's tensors (``bounds``: :func:`block_bounds`); a pure
+    function of fixed output shapes, so one CUDA graph per (B, T) replays it."""
+    B, T = x.shape
+    gs, G, bl = gen_start, confidence.shape[1], block_length
+    dev = x.device
+    cols, tcols = torch.arange(G, device=dev), torch.arange(T, device=dev)
+    state_masked = x == mask_id
+    masked = state_masked[:, gs:gs + G]
+    bs, be = bounds[0] - gs, bounds[1] - gs
+    from_block = masked & (cols >= bs)
     # Search region: from the block start to the first block boundary with >= k masks (upstream);
     # with a single block this is every masked column.
-    cum = (masked & (cols >= bs)).cumsum(1)
+    cum = from_block.cumsum(1)
     meets = cum >= k
     first = torch.where(meets.any(1), meets.int().argmax(1), torch.full_like(cum[:, 0], G - 1))
     end = (((first // bl) + 1) * bl).clamp(max=G)
-    cand = masked & (cols >= bs) & (cols < end.unsqueeze(1))
+    cand = from_block & (cols < end.unsqueeze(1))
     scores, top = certainty_density_topk(~masked, confidence, cand, sigma, k)
     if bl < G:
         # masks of the current block first, so a step always has candidates (upstream adds the
         # maximum score to in-block scores for the same purpose)
-        tier = cand.long() + (cand & (cols >= bs) & (cols < be)).long()
+        tier = cand.long() + (cand & (cols < be)).long()
         top = lexicographic_order(tier, scores)[:, :top.shape[1]]
-    valid = cand.gather(1, top)
+    ok = cand.gather(1, top)
     # ascending columns, padding slots last, so that schedulers break ties by the lower column
     # exactly as over a block's positions
-    key = torch.sort(torch.where(valid, top, top + G), dim=1).values
-    valid = key < G
+    key = torch.sort(torch.where(ok, top, top + G), dim=1).values
+    ok = key < G
     stage1 = key + gs
-    hidden = stage1 - 1 if state.shifted_logits else stage1
+    hidden = stage1 - 1 if shifted else stage1
     spare = torch.full_like(hidden, T)  # padding slots scatter into a spare column, dropped below
     stage1_rows = torch.zeros(B, T + 1, dtype=torch.bool, device=dev).scatter_(
-        1, torch.where(valid, hidden, spare), True)[:, :T]
-    stage2 = state.last_commit if state.last_commit is not None else torch.zeros_like(stage1_rows)
-    stage3 = nucleus_select(influence, p, state.valid & ~stage1_rows & ~stage2)
+        1, torch.where(ok, hidden, spare), True)[:, :T]
+    stage2 = last_commit if last_commit is not None else torch.zeros_like(stage1_rows)
+    stage3 = nucleus_select(influence, p, valid & ~stage1_rows & ~stage2)
     rows = inflate_gaps(stage1_rows | stage2 | stage3, inflate_w)
-    stage1 = torch.where(valid, stage1, _padding_position(state, rows, ~valid.all(1)).unsqueeze(1))
-    full_mask = state.masked & (torch.arange(T, device=dev) >= gs)
+    candidate = state_masked & (tcols >= bounds[0]) & (tcols < bounds[1])
+    stage1 = torch.where(ok, stage1, _padding_position(candidate, rows, ~ok.all(1), shifted).unsqueeze(1))
+    full_mask = state_masked & (tcols >= gs)
     # Top-up order: left-padding columns first (recomputing them changes nothing: no real row
     # attends to them), then upstream's order: masked columns by certainty prior, then the rest
     # by rollout influence.
-    tier = torch.where(~state.valid, 3, torch.where(full_mask, 2, 1))
+    tier = torch.where(~valid, 3, torch.where(full_mask, 2, 1))
     density = torch.full((B, T), float("-inf"), device=dev)
     density[:, gs:gs + G] = scores
     score = torch.where(full_mask, density, influence.to(torch.float32))
-    return RowSelection(stage1=stage1, stage1_valid=valid, stage1_rows=stage1_rows, stage2=stage2, stage3=stage3,
-                        rows=rows, tier=tier, score=score)
+    return RowSelection(stage1=stage1, stage1_valid=ok, stage1_rows=stage1_rows, stage2=stage2, stage3=stage3,
+                        rows=rows, tier=tier, score=score, count=rows.sum(1).max())
 
 
-def _padding_position(state: DecodeState, rows: Tensor, needed: Tensor) -> Tensor:
-    """(B,) a column to fill unused logit slots with: not a candidate, and predicted by a row
-    already in ``rows`` (so padding costs no extra row).  Where no such column exists and
-    ``needed``, ANCHOR is added to ``rows`` (in place) and returned."""
-    T = state.length
-    cols = torch.arange(T, device=rows.device)
-    candidate = state.masked & (cols >= state.block_start) & (cols < state.block_end)
+def _padding_position(candidate: Tensor, rows: Tensor, needed: Tensor, shifted: bool) -> Tensor:
+    """(B,) a column to fill unused logit slots with: not a ``candidate`` (masked, in the block),
+    and predicted by a row already in ``rows`` (so padding costs no extra row).  Where no such
+    column exists and ``needed``, ANCHOR is added to ``rows`` (in place) and returned."""
     # feeds[:, c]: the hidden row predicting column c is recomputed (Dream: row c - 1; column 0
     # predicts itself, as the model's shift does)
-    feeds = torch.cat([rows[:, :1], rows[:, :-1]], dim=1) if state.shifted_logits else rows
+    feeds = torch.cat([rows[:, :1], rows[:, :-1]], dim=1) if shifted else rows
     free = feeds & ~candidate
     lacking = needed & ~free.any(1)
     # ANCHOR is left padding in a padded sequence (recomputing it changes nothing); otherwise
@@ -158,8 +180,27 @@ def max_probability(logits: Tensor) -> Tensor:
     return sample_plain_confidence(logits)[1]
 
 
+def update_confidence(confidence: Tensor, positions: Tensor, logits: Tensor, gen_start: int) -> Tensor:
+    """(B, G) ``confidence`` with the max probability of ``logits`` (B, r, V) written at the
+    generated columns among ``positions`` (B, r); other positions are ignored."""
+    B, G = confidence.shape
+    rel = positions - gen_start
+    inside = (rel >= 0) & (rel < G)
+    idx = torch.where(inside, rel, torch.full_like(rel, G))  # outside -> a spare column, dropped
+    buf = torch.cat([confidence, confidence.new_zeros(B, 1)], dim=1)
+    buf.scatter_(1, idx, max_probability(logits))
+    return buf[:, :G]
+
+
 class D2Cache(CachePolicy):
-    """d2Cache: recompute top-k certainty-prior masks, last commits and a rollout nucleus."""
+    """d2Cache: recompute top-k certainty-prior masks, last commits and a rollout nucleus.
+
+    Per step: :func:`select_rows_tensors` (fixed shapes), one host sync for the row count q,
+    :func:`rows_from_mask_padded` for q's bucket, then after the forward the rollout of that
+    bucket and the confidence update.  With ``DecodeState.cuda_graphs`` each of the four is
+    replayed from CUDA graphs (:class:`dllm_core.GraphedFunction`, kept across generations);
+    otherwise they run eagerly on the same padded shapes, so both give the same rows.
+    """
 
     description = "d2Cache: certainty-prior top-k + last commits + attention-rollout nucleus rows"
     Options = D2CacheOptions
@@ -168,7 +209,18 @@ class D2Cache(CachePolicy):
     def prepare(self, state: DecodeState) -> None:
         self._confidence: Tensor | None = None  # (B, G) stage-1 confidence
         self._influence: Tensor | None = None   # (B, T) rollout influence of the last forward
-        self.last_selection: RowSelection | None = None  # kept for inspection and tests
+        #: kept for inspection and tests; with CUDA graphs it holds static buffers that the next
+        #: step overwrites
+        self.last_selection: RowSelection | None = None
+        self._bounds: tuple[tuple[int, int], Tensor] | None = None
+        self._planned: tuple[Tensor, Tensor] | None = None  # (the plan's rows, the same padded to the bucket)
+        if not hasattr(self, "_select"):  # the graphs live as long as the policy (across generations)
+            self._select = GraphedFunction(select_rows_tensors, name="d2cache.select_rows")
+            self._rows = GraphedFunction(rows_from_mask_padded, name="d2cache.rows_from_mask")
+            self._rollout = GraphedFunction(rollout_influence_padded, name="d2cache.rollout")
+            self._update = GraphedFunction(update_confidence, name="d2cache.update_confidence")
+        for fn in (self._select, self._rows, self._rollout, self._update):
+            fn.enabled = state.cuda_graphs
 
     def plan(self, state: DecodeState) -> ForwardPlan:
         if self._influence is None or self._confidence is None:
@@ -176,30 +228,38 @@ class D2Cache(CachePolicy):
             cols = torch.arange(state.gen_start, state.gen_start + state.gen_length, device=state.x.device)
             return ForwardPlan(rows=None, logit_positions=cols.expand(state.batch_size, -1), need_attention=True)
         o = self.options
-        sel = select_rows(state, self._confidence, self._influence, k=o.k, p=o.p, sigma=o.sigma,
-                          inflate_w=o.inflate_w)
+        sel = self._select(state.x, state.valid, state.last_commit, self._confidence, self._influence,
+                           self._block_bounds(state), state.gen_start, state.block_length, state.mask_id,
+                           state.shifted_logits, o.k, o.p, o.sigma, o.inflate_w)
         # The one host sync of the step: the model needs the row count as a shape.
-        q = max(sel.rows.sum(1).tolist())
-        rows = rows_from_mask(sel.rows, sel.tier, sel.score, q)
+        q = int(sel.count)
+        padded = self._rows(sel.rows, sel.tier, sel.score, sel.count, bucket_size(q, state.length))
         self.last_selection = sel
-        return ForwardPlan(rows=rows, logit_positions=sel.stage1, need_attention=True)
+        self._planned = (padded[:, :q], padded)
+        return ForwardPlan(rows=self._planned[0], logit_positions=sel.stage1, need_attention=True)
 
     def observe(self, state: DecodeState, plan: ForwardPlan, out: ForwardOutput, commit: Commit) -> None:
         if out.attention is None:
             raise DllmError("cache 'd2cache' needs attention probabilities, but the model returned none "
                             "for a plan with need_attention=True")
-        first = self._confidence is None
-        if first or self.options.stage1_confidence == "current":
-            self._update_confidence(state, out)
-        self._influence = rollout_influence(out.attention, out.rows, state.valid.to(torch.float32))
+        if self._confidence is None:  # step 0 (once per generation): eagerly, no graph for its shapes
+            zeros = torch.zeros(state.batch_size, state.gen_length, dtype=torch.float32, device=state.x.device)
+            self._confidence = update_confidence(zeros, out.positions, out.logits, state.gen_start)
+        elif self.options.stage1_confidence == "current":
+            self._confidence = self._update(self._confidence, out.positions, out.logits, state.gen_start)
+        if plan.rows is None:  # a refresh: every row, layer by layer (stacking T x T rows costs memory)
+            self._influence = rollout_influence(out.attention, out.rows, state.valid.to(torch.float32))
+        else:  # padded to the row bucket, as the plan's rows were
+            q = out.rows.shape[1]
+            qb = bucket_size(q, state.length)
+            attention = F.pad(torch.stack(out.attention, dim=1), (0, 0, 0, qb - q))
+            planned = self._planned
+            rows = planned[1] if planned is not None and out.rows is planned[0] else pad_columns(out.rows, qb)
+            self._influence = self._rollout(attention, rows, state.valid)
 
-    def _update_confidence(self, state: DecodeState, out: ForwardOutput) -> None:
-        B, G, gs = state.batch_size, state.gen_length, state.gen_start
-        if self._confidence is None:
-            self._confidence = torch.zeros(B, G, dtype=torch.float32, device=state.x.device)
-        rel = out.positions - gs
-        inside = (rel >= 0) & (rel < G)
-        idx = torch.where(inside, rel, torch.full_like(rel, G))  # outside -> a spare column, dropped
-        buf = torch.cat([self._confidence, self._confidence.new_zeros(B, 1)], dim=1)
-        buf.scatter_(1, idx, max_probability(out.logits))
-        self._confidence = buf[:, :G]
+    def _block_bounds(self, state: DecodeState) -> Tensor:
+        """:func:`block_bounds`, made once per block."""
+        key = (state.block_start, state.block_end)
+        if self._bounds is None or self._bounds[0] != key:
+            self._bounds = (key, block_bounds(state))
+        return self._bounds[1]

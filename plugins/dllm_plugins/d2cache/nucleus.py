@@ -70,3 +70,18 @@ def rows_from_mask(selected: Tensor, tier: Tensor, score: Tensor, q: int) -> Ten
     """
     chosen = lexicographic_order(tier.masked_fill(selected, _SELECTED_TIER), score)[:, :q]
     return torch.sort(chosen, dim=-1).values
+
+
+def rows_from_mask_padded(selected: Tensor, tier: Tensor, score: Tensor, count: Tensor, width: int) -> Tensor:
+    """(B, width): ``rows_from_mask(selected, tier, score, q)`` followed by copies of its last column.
+
+    ``q`` is the 0-d long tensor ``count`` (1 <= q <= width <= T), so one CUDA graph per padded
+    ``width`` serves every row count below it; the padding is the duplicate-row padding of
+    :mod:`dllm_core.cuda_graphs` (``[:, :q]`` is the plan's rows).
+    """
+    B, T = selected.shape
+    chosen = lexicographic_order(tier.masked_fill(selected, _SELECTED_TIER), score)[:, :width]
+    slots = torch.arange(width, device=selected.device)
+    chosen = torch.where(slots < count, chosen, T)  # slots past q sort after every real column
+    chosen = torch.sort(chosen, dim=-1).values
+    return chosen.gather(1, torch.minimum(slots, count - 1).expand(B, width))
