@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .graphed_function import host_syncs_raise
 from .models.base import DiffusionLM, KVCache
 from .state import ForwardOutput, ForwardPlan
 
@@ -280,24 +281,13 @@ class GraphedForward:
         # Warm-up on a side stream (lazy initialisation, cuBLAS workspaces, autotuning).  Running
         # the forward on the current inputs is harmless: it is idempotent (it writes the rows' K/V
         # from the same inputs), and the caller's call replays the graph right after.
-        # The warm-up runs with host synchronisations turned into errors: a forward that syncs
-        # fails here, before any capture starts.  A capture that fails midway is worse than
-        # slow: it can leave the CUDA generator registered with the dead graph, after which
-        # every random op of the process raises ("Offset increment outside graph capture").
+        # Host syncs raise during the warm-up, so an uncapturable forward never starts a capture
+        # (see host_syncs_raise).
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        previous = torch.cuda.get_sync_debug_mode()
-        try:
-            with warnings.catch_warnings():  # "prototype feature" notice, raised by strict test runs
-                warnings.simplefilter("ignore")
-                torch.cuda.set_sync_debug_mode("error")
-            with torch.cuda.stream(stream):
-                for _ in range(max(1, self.warmup)):
-                    self._static_forward(slot, entry)
-        finally:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.cuda.set_sync_debug_mode(previous)
+        with host_syncs_raise(), torch.cuda.stream(stream):
+            for _ in range(max(1, self.warmup)):
+                self._static_forward(slot, entry)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):

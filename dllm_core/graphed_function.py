@@ -44,14 +44,37 @@ current inputs, which a pure function allows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+@contextlib.contextmanager
+def host_syncs_raise() -> Iterator[None]:
+    """Turn CUDA host synchronisations into errors for the duration (warm-ups before a capture).
+
+    A function that syncs then fails in its warm-up, before any capture starts.  A capture that
+    fails midway is worse than slow: it can leave the CUDA generator registered with the dead
+    graph, after which every random op of the process raises ("Offset increment outside graph
+    capture").  torch calls the mode a prototype and warns so; strict test runs turn that warning
+    into an error, hence the filter.
+    """
+    previous = torch.cuda.get_sync_debug_mode()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.cuda.set_sync_debug_mode("error")
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.cuda.set_sync_debug_mode(previous)
 
 Signature = tuple[Any, ...]
 
@@ -233,8 +256,8 @@ class GraphedFunction:
             stream = self._streams[device] = torch.cuda.Stream(device)
         current = torch.cuda.current_stream(device)
         stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            for _ in range(self.warmup):
+        with host_syncs_raise(), torch.cuda.stream(stream):
+            for _ in range(max(1, self.warmup)):
                 self.fn(*static_args)
         current.wait_stream(stream)
         graph = torch.cuda.CUDAGraph()

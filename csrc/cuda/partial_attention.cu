@@ -291,14 +291,18 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   const int target = (plan.rows == 32 ? 3 : 2) * sms;
   const int base = B * Hkv * ceil_div(M, plan.rows);
   // Key splits: minimise waves x tiles per split (the slowest block's work), plus ~2 tiles' worth
-  // for the combine kernel when splitting; ties go to fewer splits.
+  // for the combine kernel when splitting, plus the float32 partials every split block writes and
+  // the combine reads back (rows x D x 4 bytes each way = rows / 64 K/V tiles each way, spread over
+  // the GPU); ties go to fewer splits.  Without that last term, Dream-7B at q=128, T=4096 took 64
+  // one-tile splits and ran 0.3x of SDPA flash: its partials outweighed its (GQA-small) K/V reads.
   const int max_splits = std::min(n_tiles, 64);
   long best_cost = -1;
   for (int s = 1; s <= max_splits && base < target; ++s) {
     const int tps = ceil_div(n_tiles, s), eff = ceil_div(n_tiles, tps);
     if (eff != s) continue;  // same as a smaller count
     const long waves = (static_cast<long>(base) * eff + target - 1) / target;
-    const long cost = waves * tps + (eff > 1 ? 2 : 0);
+    const long partials = (static_cast<long>(base) * eff * (plan.rows / 32) + target - 1) / target;
+    const long cost = waves * tps + (eff > 1 ? 2 + partials : 0);
     if (best_cost < 0 || cost < best_cost) best_cost = cost, plan.splits = eff;
   }
   plan.splits = env_int("DLLM_CORE_ATTN_SPLITS", plan.splits, [](int v) { return v >= 1 && v <= 64; });
