@@ -95,6 +95,15 @@ def test_fused_equals_unfused(family):
 
 
 @pytest.mark.parametrize("family", FAMS)
+def test_mlp_in_row_chunks_equals_one_pass(family):
+    """Large row counts (a batch-16 refresh) run the fused MLP in chunks: same result."""
+    chunked, whole = make_tiny_model(family, seed=5), make_tiny_model(family, seed=5)
+    chunked.mlp_chunk_rows = 7  # 2 x 24 rows -> 7 chunks, the last one short
+    ids = torch.randint(0, 127, (2, 24), generator=torch.Generator().manual_seed(0))
+    _compare(chunked, whole, ids, atol=1e-5, margin=0.0)
+
+
+@pytest.mark.parametrize("family", FAMS)
 def test_fusing_keeps_names_memory_and_loading(family, tmp_path):
     model = make_tiny_model(family, seed=1)
     names = list(model.state_dict())
