@@ -158,9 +158,10 @@ def test_training_uses_module_parameters(family):
     model.fuse_projections()
     ids = torch.randint(0, 127, (1, 10), generator=torch.Generator().manual_seed(3))
     model.full_logits(ids).logsumexp(-1).sum().backward()  # grad enabled: unfused path
-    # (q/k/v are left out: the compiled partial_attention has no autograd formula of its own.)
+    # q/k/v included: with gradients on, attention takes the differentiable reference (the
+    # compiled kernels have no backward).
     for parts in model._parts():
-        for m in (parts.gate_proj, parts.up_proj, parts.down_proj):
+        for m in (parts.q_proj, parts.k_proj, parts.v_proj, parts.gate_proj, parts.up_proj, parts.down_proj):
             assert m.weight.grad is not None and m.weight.grad.abs().sum() > 0
 
 

@@ -49,8 +49,10 @@ def kv_cache_update(k_cache: Tensor, v_cache: Tensor, k: Tensor, v: Tensor, rows
 def partial_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, key_mask: Tensor, scale: float,
                       return_probs: bool = False) -> tuple[Tensor, Tensor]:
     """Attention of the given query rows over the whole cache (see :func:`partial_attention_reference`)."""
+    # The kernels have no backward: where a gradient is needed (training through full_logits)
+    # the differentiable reference runs.
     ok = (_compiled("partial_attention", q) and q.dtype in _FLOATS and q.dtype == k_cache.dtype == v_cache.dtype
-          and key_mask.dtype == torch.bool)
+          and key_mask.dtype == torch.bool and not _needs_grad(q, k_cache, v_cache))
     if ok and q.device.type == "cuda":
         ok = q.dtype in _ext.CUDA_ATTENTION_DTYPES and q.shape[-1] in _ext.CUDA_ATTENTION_HEAD_DIMS
     if ok:
