@@ -96,3 +96,8 @@ def test_stdin_prompt(tiny_dirs):
                           input="w3 w4\n", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["nfe"] == 4
+
+
+def test_cuda_graphs_flag_needs_a_cuda_device(capsys, tiny_dirs):
+    rc, out, err = run_cli(capsys, "--model", str(tiny_dirs["llada"]), "--device", "cpu", "--cuda-graphs", "w3")
+    assert rc == 2 and "cuda_graphs" in err and "CUDA device" in err

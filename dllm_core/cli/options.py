@@ -31,6 +31,8 @@ def add_strategy_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guide-opt", action="append", metavar="KEY=VALUE", help="guide option (repeatable)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: the checkpoint's")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each step from captured CUDA graphs (CUDA devices only)")
     s = p.add_argument_group("generation")
     s.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: the model's generation_config.json, else 128; eval: per task)")
     s.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block size (default: one block)")
@@ -46,7 +48,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "cache_options": parse_kv(args.cache_opt, "--cache-opt"),
             "scheduler_options": parse_kv(args.scheduler_opt, "--scheduler-opt"),
             "guide_options": parse_kv(args.guide_opt, "--guide-opt"),
-            "device": args.device, "dtype": args.dtype}
+            "device": args.device, "dtype": args.dtype, "cuda_graphs": args.cuda_graphs}
 
 
 def generation_kwargs(args: argparse.Namespace, default_gen_length: int | None = None) -> dict[str, Any]:
