@@ -2,7 +2,7 @@
 # On a GPU machine: build dllm_core._C in place, check its error path, run the op tests (CUDA
 # tests included), the op benchmark, and compute-sanitizer memcheck on small calls of every kernel.
 # Usage (repository root):  OUT=some/dir bash benchmarks/gpu_check.sh [ops_bench.py arguments]
-#   GPU_CHECK_TESTS="tests/..."  which tests to run (default tests/test_ops.py tests/test_attention_variants.py)
+#   GPU_CHECK_TESTS="tests/..."  which tests to run (default: the op, argmax, fused-op and attention-variant tests)
 #   GPU_CHECK_BENCH=0            skip the op benchmark
 set -u -o pipefail
 OUT=${OUT:-out}
@@ -29,7 +29,7 @@ if [ "$rc" -ne 0 ] && command -v cuda-gdb > /dev/null; then
 fi
 
 SECONDS=0
-timeout 300 python3 -m pytest ${GPU_CHECK_TESTS:-tests/test_ops.py tests/test_attention_variants.py} -q -rs --tb=short -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
+timeout 300 python3 -m pytest ${GPU_CHECK_TESTS:-tests/test_ops.py tests/test_ops_argmax.py tests/test_ops_fused.py tests/test_attention_variants.py} -q -rs --tb=short -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
 echo "pytest rc=$? ${SECONDS}s"; tail -40 "$OUT/pytest.txt"
 
 SECONDS=0
