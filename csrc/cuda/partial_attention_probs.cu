@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_probs_kernel(AttentionParams 
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-          acc[j][2 * r + e] += (valid >> (2 * j + e)) & 1u ? exp2f(s[j][2 * r + e] * scale_log2 - lse[r]) : fill;
+          acc[j][2 * r + e] += (valid >> (2 * j + e)) & 1u ? fast_exp2(s[j][2 * r + e] * scale_log2 - lse[r]) : fill;
     }
     lse[0] = lse_next[0], lse[1] = lse_next[1];
     __syncthreads();
