@@ -31,10 +31,16 @@ __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, 
 #pragma unroll
   for (int j = 0; j < P; ++j) dst[j] = smem_addr(s + swz<D>(r0 + j * RSTEP, c) - j * RSTEP * D);
   const T* src = g + r0 * row_stride + c * 8;
+  if (rows_valid >= ROWS) {  // full tile (all but the last): no per-row predicate or pointer select
 #pragma unroll
-  for (int k = 0; k < ROWS / RSTEP; ++k, src += RSTEP * row_stride) {
-    const bool ok = r0 + k * RSTEP < rows_valid;
-    cp_async16(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), ok ? src : g, ok);
+    for (int k = 0; k < ROWS / RSTEP; ++k, src += RSTEP * row_stride)
+      cp_async16(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), src, true);
+  } else {
+#pragma unroll
+    for (int k = 0; k < ROWS / RSTEP; ++k, src += RSTEP * row_stride) {
+      const bool ok = r0 + k * RSTEP < rows_valid;
+      cp_async16(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), ok ? src : g, ok);
+    }
   }
 }
 

@@ -89,16 +89,16 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
   int stage = 0;  // tile r of the split lives in stage r % STAGES
   for (int tile = tile_begin; tile < tile_end; ++tile, stage = stage + 1 == STAGES ? 0 : stage + 1) {
     const int t0 = tile * kBlockN;
-    // Attendable columns of this thread (2 per 8-key block), the same for every row: read the
-    // mask before waiting so its latency overlaps the copy.
-    uint32_t valid = 0;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int t = t0 + j * 8 + 2 * (lane & 3) + e;
-        if (t < p.T && mask[t]) valid |= 1u << (2 * j + e);
-      }
+    // Attendable keys of the tile, read before the wait so the load latency overlaps the copy: lane
+    // l reads keys 2l, 2l+1 and two ballots share them (bit i of valid[e] = key 2i + e); a thread's
+    // column e of key block j (key 8j + 2(l%4) + e) is then bit 4j of valid[e] >> l%4.
+    uint32_t valid[2];
+    {
+      const int t = t0 + 2 * lane;
+      const bool k0 = t < p.T && mask[t], k1 = t + 1 < p.T && mask[t + 1];
+      valid[0] = __ballot_sync(0xffffffffu, k0) >> (lane & 3);
+      valid[1] = __ballot_sync(0xffffffffu, k1) >> (lane & 3);
+    }
     if constexpr (STAGES == 2) {
       if (tile + 1 < tile_end) {  // prefetch the next tile into the other stage, then wait for this one
         load_kv(tile + 1, stage ^ 1);
@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[mt][j][e] = (valid >> (2 * j + (e & 1))) & 1u ? s[mt][j][e] * scale_log2 : -INFINITY;
+          s[mt][j][e] = (valid[e & 1] >> (4 * j)) & 1u ? s[mt][j][e] * scale_log2 : -INFINITY;
           mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
         }
       float m_use[2];
