@@ -38,7 +38,7 @@ struct MainConfig {
   static constexpr size_t kSmem = sizeof(T) * D * (kRows + 2 * STAGES * kBlockN);  // Q + STAGES x (K, V)
   static_assert(MT == 1 || MT == 2, "one or two 16-row slabs per warp");
   static_assert(STAGES == 2 || STAGES == 3, "double buffer or 3-stage ring");
-  static_assert(kBlockN == 64, "the per-thread key mask is 16 bits: 8 key blocks x 2 columns");
+  static_assert(kBlockN == 64, "one warp ballot per column parity covers the tile's 64 keys");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
 };
