@@ -311,11 +311,20 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
   plan.rows = env_int("DLLM_CORE_ATTN_ROWS", M <= 32 ? 32 : M <= 64 ? 64 : 128,
                       [](int v) { return v == 32 || v == 64 || v == 128; });
-  // K/V ring depth: 3 stages where they cost no resident block at D = 128 (the plan does not see D;
-  // D = 64 needs half the shared memory): the 64-row variant, 2 blocks/SM at 80 (2 stages) or
-  // 112 KB (3).  The 32-row one would drop from 3 to 2 blocks/SM (72 -> 104 KB), the 128-row one
-  // from 2 to 1 (96 -> 128 KB).
-  plan.stages = env_int("DLLM_CORE_ATTN_STAGES", plan.rows == 64 ? 3 : 2, [](int v) { return v == 2 || v == 3; });
+  // K/V ring depth (resident blocks/SM at D = 128; the plan does not see D, and D = 64 needs half the
+  // shared memory): the 64-row variant keeps 2 blocks/SM with 3 stages (80 -> 112 KB), so it takes
+  // them; the 128-row one would drop from 2 to 1 (96 -> 128 KB; its 4 warps need company), so it
+  // keeps 2.  The 32-row one drops from 3 to 2 (72 -> 104 KB); it is memory bound, a wave of k
+  // blocks/SM takes ~k/2 times as long as one of 2, so a grid too large to split takes 3 stages
+  // where ceil(blocks / 2 SMs) x 2 < ceil(blocks / 3 SMs) x 3: LLaDA batch 16 q = 32 (512 blocks)
+  // ran 1.3 waves of 396 slots, its last wave a third full, and fills 2 waves of 264 instead.
+  int stages = plan.rows == 64 ? 3 : 2;
+  if (plan.rows == 32) {
+    const long blocks = static_cast<long>(B) * Hkv * ceil_div(M, 32);
+    if (blocks >= 3L * sms && (blocks + 2L * sms - 1) / (2L * sms) * 2 < (blocks + 3L * sms - 1) / (3L * sms) * 3)
+      stages = 3;
+  }
+  plan.stages = env_int("DLLM_CORE_ATTN_STAGES", stages, [](int v) { return v == 2 || v == 3; });
   // Resident blocks per SM at D = 128 (shared memory, 2 / 3 stages: 72 / 104 KB at 32 rows, 80 / 112
   // at 64, 96 / 128 at 128; the 128-row variant also needs ~255 registers per thread).
   const int per_sm = plan.rows == 32 ? (plan.stages == 2 ? 3 : 2) : plan.rows == 64 ? 2 : (plan.stages == 2 ? 2 : 1);
