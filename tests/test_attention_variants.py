@@ -23,8 +23,8 @@ from dllm_core.ops.partial_attention import partial_attention_reference
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
-ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS", "DLLM_CORE_ATTN_HEAD_SLICES",
-       "DLLM_CORE_ATTN_TRACE")
+ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
+       "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
