@@ -1,9 +1,10 @@
 """CUDA partial_attention: every launch variant and plan decision against the reference.
 
 The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/partial_attention.cu):
-main-pass row tile (32, 64 or 128 rows per block), key splits, probability-pass row tile (32 or
-64) and kv-head slices.  The environment variables ``DLLM_CORE_ATTN_ROWS``, ``..._SPLITS``,
-``..._PROBS_ROWS`` and ``..._HEAD_SLICES`` override those choices (read at every call), so each
+main-pass row tile (32, 64 or 128 rows per block), K/V pipeline depth (2 or 3 stages), key splits,
+probability-pass row tile (32 or 64) and kv-head slices.  The environment variables
+``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``, ``..._SPLITS``, ``..._PROBS_ROWS`` and ``..._HEAD_SLICES``
+override those choices (read at every call), so each
 variant runs on every shape here, including shapes its automatic choice never sees;
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
@@ -22,8 +23,8 @@ from dllm_core.ops.partial_attention import partial_attention_reference
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
-ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS", "DLLM_CORE_ATTN_HEAD_SLICES",
-       "DLLM_CORE_ATTN_TRACE")
+ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
+       "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
@@ -83,12 +84,15 @@ def _run_and_check(shape, dtype, return_probs, strided_q=False):
 
 
 @pytest.mark.parametrize("splits", [None, "1", "3"], ids=lambda s: f"splits={s or 'auto'}")
+@pytest.mark.parametrize("stages", [None, "2", "3"], ids=lambda s: f"stages={s or 'auto'}")
 @pytest.mark.parametrize("rows", [None, "32", "64", "128"], ids=lambda r: f"rows={r or 'auto'}")
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_main_pass_variants(monkeypatch, shape, rows, splits):
-    """Every main-pass row tile x split choice on every shape, bf16 and fp16, probabilities on/off."""
+def test_main_pass_variants(monkeypatch, shape, rows, stages, splits):
+    """Every main-pass row tile x K/V stages x split choice on every shape, bf16 and fp16, probabilities on/off."""
     if rows:
         monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
+    if stages:
+        monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", stages)
     if splits:
         monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
     for i, dtype in enumerate((torch.bfloat16, torch.float16)):
@@ -109,10 +113,12 @@ def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices):
         _run_and_check(shape, dtype, True)
 
 
+@pytest.mark.parametrize("stages", ["2", "3"])
 @pytest.mark.parametrize("rows,splits", [("32", "1"), ("64", "3"), ("128", "1"), ("128", "3")])
-def test_fully_masked_row_every_variant(monkeypatch, rows, splits):
+def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages):
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
+    monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", stages)
     q, k, v, mask, scale = _inputs((2, 40, 8, 4, 128, 300), torch.bfloat16)
     mask[1] = False
     out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
@@ -132,9 +138,12 @@ def _plan(capfd, monkeypatch, shape, return_probs) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", lines[-1])}
 
 
+# Expected automatic stages: 3 for the 64-row tile (free at 2 blocks/SM) and for 32-row grids that
+# fill waves of 2 blocks/SM better than waves of 3 (LLaDA batch 16 q = 32: 512 blocks), else 2.
 @pytest.mark.parametrize("shape,rows,probs_rows", [
     ((1, 32, 32, 32, 128, 4096), 32, 32),    # LLaDA q = 32: no idle warps
-    ((16, 32, 32, 32, 128, 1024), 32, 32),
+    ((16, 32, 32, 32, 128, 1024), 32, 32),   # 512 blocks: 3 stages, 2 full waves of 2 blocks/SM
+    ((12, 32, 32, 32, 128, 1024), 32, 32),   # 384 blocks: within one wave of 3 blocks/SM, 2 stages
     ((1, 33, 4, 4, 128, 100), 64, 64),
     ((1, 64, 32, 32, 128, 2048), 64, 64),
     ((1, 32, 8, 4, 128, 100), 64, 32),       # group 2, 64 rows
@@ -143,16 +152,22 @@ def _plan(capfd, monkeypatch, shape, return_probs) -> dict[str, int]:
     ((1, 32, 28, 4, 128, 4096), 128, 32),    # Dream q = 32: 224 rows
 ], ids=str)
 def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
-    """The automatic plan: row tiles by rows per (batch, kv head), consistent key splits."""
+    """The automatic plan: row tiles by rows per (batch, kv head), K/V stages, consistent key splits."""
     B, n, H, Hkv, D, T = shape
     plan = _plan(capfd, monkeypatch, shape, True)
     assert (plan["rows"], plan["probs_rows"]) == (rows, probs_rows)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    blocks = B * Hkv * -(-n * (H // Hkv) // rows)
+
+    def wave_cost(per_sm):  # memory bound: a wave of per_sm blocks/SM takes ~per_sm units
+        return -(-blocks // (per_sm * sms)) * per_sm
+
+    fuller = rows == 32 and blocks >= 3 * sms and wave_cost(2) < wave_cost(3)
+    assert plan["stages"] == (3 if rows == 64 or fuller else 2)
     n_tiles = -(-T // 64)
     assert 1 <= plan["splits"] <= min(n_tiles, 64)
     assert plan["splits"] * plan["tiles_per_split"] >= n_tiles > (plan["splits"] - 1) * plan["tiles_per_split"]
     assert plan["row_blocks"] * probs_rows >= n and Hkv % plan["head_slices"] == 0
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    blocks = B * Hkv * -(-n * (H // Hkv) // rows)
     if blocks >= 3 * sms:
         assert plan["splits"] == 1, "a grid that fills the GPU is not split"
     if B == 1 and T >= 2048:
@@ -163,9 +178,11 @@ def test_plan_overrides_and_bad_values(capfd, monkeypatch):
     shape = (1, 32, 32, 32, 128, 1024)
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "128")
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "4")
+    monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "3")
     plan = _plan(capfd, monkeypatch, shape, False)
-    assert (plan["rows"], plan["splits"], plan["tiles_per_split"]) == (128, 4, 4)
+    assert (plan["rows"], plan["stages"], plan["splits"], plan["tiles_per_split"]) == (128, 3, 4, 4)
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "48")  # not a variant: ignored
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "0")
+    monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "4")
     plan = _plan(capfd, monkeypatch, shape, False)
-    assert plan["rows"] == 32 and plan["splits"] >= 1
+    assert plan["rows"] == 32 and plan["stages"] == 2 and plan["splits"] >= 1

@@ -18,14 +18,29 @@ template <int D>
 __device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7)) << 3); }
 
 // ROWS rows x D of a [T][..][D] tensor (row stride in elements) -> swizzled shared tile; rows at or
-// past rows_valid are zero-filled.  THREADS threads cooperate.
+// past rows_valid are zero-filled.  THREADS threads cooperate: each copies one 16-byte column chunk
+// of every RSTEP-th row, so the loop unrolls to cp.asyncs whose source advances by one stride and
+// whose destination is one of P precomputed bases plus an immediate (the row's swizzle repeats
+// every 8 rows: P = 1 for RSTEP a multiple of 8, else 8 / RSTEP) instead of per-copy index math.
 template <int D, int ROWS, int THREADS, typename T>
 __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int rows_valid) {
-  constexpr int C = D / 8;
-  for (int i = threadIdx.x; i < ROWS * C; i += THREADS) {
-    const int r = i / C, c = i % C;
-    const bool ok = r < rows_valid;
-    cp_async16(smem_addr(s + swz<D>(r, c)), ok ? g + r * row_stride + c * 8 : g, ok);
+  constexpr int C = D / 8, RSTEP = THREADS / C, P = RSTEP % 8 == 0 ? 1 : 8 / RSTEP;
+  static_assert(THREADS % C == 0 && ROWS % RSTEP == 0 && (RSTEP % 8 == 0 || 8 % RSTEP == 0), "copy split");
+  const int c = threadIdx.x % C, r0 = threadIdx.x / C;
+  uint32_t dst[P];
+#pragma unroll
+  for (int j = 0; j < P; ++j) dst[j] = smem_addr(s + swz<D>(r0 + j * RSTEP, c) - j * RSTEP * D);
+  const T* src = g + r0 * row_stride + c * 8;
+  if (rows_valid >= ROWS) {  // full tile (all but the last): no per-row predicate or pointer select
+#pragma unroll
+    for (int k = 0; k < ROWS / RSTEP; ++k, src += RSTEP * row_stride)
+      cp_async16(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), src, true);
+  } else {
+#pragma unroll
+    for (int k = 0; k < ROWS / RSTEP; ++k, src += RSTEP * row_stride) {
+      const bool ok = r0 + k * RSTEP < rows_valid;
+      cp_async16(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), ok ? src : g, ok);
+    }
   }
 }
 
@@ -43,10 +58,22 @@ __device__ __forceinline__ void load_q(T* s, const AttentionParams& p, int b, in
   }
 }
 
-// A fragment of 16 rows starting at row0 of a swizzled tile, k step kk (16 columns).
+// Byte offset in a swizzled [rows][D] 16-bit tile of the chunk `lane` feeds to an ldmatrix.x4 at
+// row r (r % 8 == lane % 8) and chunk 2 k + hi.  swz puts that chunk at ((2k + hi) ^ (r % 8)) =
+// (hi ^ lane % 8) ^ 2k, so the chunk of k step k is this offset ^ (k << 5): the row part is a
+// multiple of the 2D-byte row and the chunk part stays below it.  With the row moved by a multiple
+// of 8 (key blocks, slabs) as an immediate, an address costs one XOR and one add per k step.
+template <int D>
+__device__ __forceinline__ uint32_t ldsm_offset(int r, int hi, int lane) {
+  return static_cast<uint32_t>(r * D * 2 + ((hi ^ (lane & 7)) << 4));
+}
+
+// A fragment of 16 rows starting at row0 (a multiple of 16) of a swizzled tile, k step kk (16 columns).
 template <int D, typename T>
 __device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const T* s, int row0, int kk, int lane) {
-  ldmatrix_x4(smem_addr(s + swz<D>(row0 + (lane & 15), 2 * kk + (lane >> 4))), a[0], a[1], a[2], a[3]);
+  static_assert(sizeof(T) == 2, "16-bit tiles");
+  ldmatrix_x4(smem_addr(s) + (ldsm_offset<D>(row0 + (lane & 15), lane >> 4, lane) ^ (kk << 5)), a[0], a[1], a[2],
+              a[3]);
 }
 
 // Rows row0..row0+15 of a swizzled Q tile as m16n8k16 A fragments (one per 16-wide k step).
@@ -60,8 +87,19 @@ __device__ __forceinline__ void q_fragments(uint32_t (&qf)[D / 16][4], const T* 
 template <int D, typename T>
 __device__ __forceinline__ void k_fragments(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const T* sK,
                                             int jp, int kk, int lane) {
-  ldmatrix_x4(smem_addr(sK + swz<D>(jp * 16 + ((lane >> 4) << 3) + (lane & 7), 2 * kk + ((lane >> 3) & 1))), b0, b1,
-              b2, b3);
+  static_assert(sizeof(T) == 2, "16-bit tiles");
+  const uint32_t off = ldsm_offset<D>(((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1, lane) ^ (kk << 5);
+  ldmatrix_x4(smem_addr(sK) + jp * 16 * D * 2 + off, b0, b1, b2, b3);
+}
+
+// B fragments (transposed) of a swizzled V tile for P V: keys 16 kk .. 16 kk + 15, output columns
+// 16 dp .. 16 dp + 15 (two 8-column blocks).
+template <int D, typename T>
+__device__ __forceinline__ void v_fragments(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const T* sV,
+                                            int kk, int dp, int lane) {
+  static_assert(sizeof(T) == 2, "16-bit tiles");
+  const uint32_t off = ldsm_offset<D>((((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4, lane) ^ (dp << 5);
+  ldmatrix_x4_trans(smem_addr(sV) + kk * 16 * D * 2 + off, b0, b1, b2, b3);
 }
 
 // s[j] (keys 8j..8j+7 of the tile) = Q K^T for 16 rows whose A fragments are in registers.

@@ -80,6 +80,15 @@ __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the MUFU unit alone: exp2f lowers to ex2.approx.f32, whose denormal handling costs ~3 more
+// instructions per call (a softmax's hot loop); here results below 2^-126 flush to 0, and
+// 2^-inf = +0 as masked keys need.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace cuda

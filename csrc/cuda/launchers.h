@@ -38,6 +38,7 @@ struct AttentionPlan {
   int head_slices;      // probability pass: kv-head slices summed with atomics (1 = plain stores)
   int rows;             // main pass: rows per block, 32 (2 warps x 16), 64 (4 x 16) or 128 (4 x 32)
   int probs_rows;       // probability pass: query rows per block, 32 (2 warps) or 64 (4 warps)
+  int stages;           // main pass: K/V tiles in the shared-memory ring, 2 (double buffer) or 3
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous

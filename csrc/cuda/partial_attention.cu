@@ -12,8 +12,11 @@
 //   128 rows = 4 warps x 32: K/V streamed once per 128 rows, and every K/V fragment read from
 //              shared memory feeds two MMAs (the 16-row warps were shared-memory bound); Q is
 //              re-read from shared memory per tile to keep the 2x larger accumulators in registers.
-// 64-key tiles double-buffered with cp.async into XOR-swizzled shared memory (conflict-free
-// ldmatrix); online softmax in the log2 domain; padded/masked keys get -inf.  When the grid would
+// 64-key tiles stream with cp.async into XOR-swizzled shared memory (conflict-free ldmatrix) through
+// a ring of STAGES buffers: 2 stages prefetch one tile ahead (two barriers per tile); 3 stages keep
+// two tiles in flight while a tile is computed and need one barrier per tile, at 32 KB more shared
+// memory (D = 128), so the plan uses them only where that costs no resident block.  Online softmax
+// in the log2 domain (ex2.approx.ftz); padded/masked keys get -inf.  When the grid would
 // not fill the GPU, the keys are split over blocks and a combine kernel merges the partial (max,
 // sum, accumulator) triples (flash-decoding).  The pass also leaves the log2-sum-exp of every
 // (batch, head, row) for the probability pass.
@@ -29,23 +32,25 @@ namespace dllm_core {
 namespace cuda {
 namespace {
 
-template <typename T, int D, int WARPS, int MT>
+template <typename T, int D, int WARPS, int MT, int STAGES>
 struct MainConfig {
   static constexpr int kRows = WARPS * 16 * MT, kThreads = WARPS * 32;
-  static constexpr size_t kSmem = sizeof(T) * D * (kRows + 4 * kBlockN);  // Q + 2 stages of K and V
+  static constexpr size_t kSmem = sizeof(T) * D * (kRows + 2 * STAGES * kBlockN);  // Q + STAGES x (K, V)
   static_assert(MT == 1 || MT == 2, "one or two 16-row slabs per warp");
+  static_assert(STAGES == 2 || STAGES == 3, "double buffer or 3-stage ring");
+  static_assert(kBlockN == 64, "one warp ballot per column parity covers the tile's 64 keys");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
 };
 
-template <typename T, int D, int WARPS, int MT>
+template <typename T, int D, int WARPS, int MT, int STAGES>
 __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p, int tiles_per_split) {
-  using Cfg = MainConfig<T, D, WARPS, MT>;
+  using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = sQ + kRows * D;        // 2 stages
-  T* sV = sK + 2 * kBlockN * D;  // 2 stages
+  T* sK = sQ + kRows * D;             // STAGES stages
+  T* sV = sK + STAGES * kBlockN * D;  // STAGES stages
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * 16 * MT;
   const int b = blockIdx.z / p.Hkv, g = blockIdx.z % p.Hkv, split = blockIdx.y;
   const int group = p.H / p.Hkv, M = p.n * group, m0 = blockIdx.x * kRows;
@@ -62,9 +67,14 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
     load_rows<D, kBlockN, kThreads>(sK + stage * kBlockN * D, kbase + t0 * p.k_s[1], p.k_s[1], valid);
     load_rows<D, kBlockN, kThreads>(sV + stage * kBlockN * D, vbase + t0 * p.v_s[1], p.v_s[1], valid);
   };
+  // Prologue: tiles 0 .. STAGES-2 of the split, one commit group each (Q rides with the first);
+  // groups are committed even when empty so that "tile r landed" is always wait_group<STAGES-2>.
   load_q<D, kRows, kThreads>(sQ, p, b, g * group, m0, M, group);
-  if (tile_begin < tile_end) load_kv(tile_begin, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int r = 0; r < STAGES - 1; ++r) {
+    if (tile_begin + r < tile_end) load_kv(tile_begin + r, r);
+    cp_async_commit();
+  }
 
   uint32_t qf[MT == 1 ? D / 16 : 1][4];  // MT == 1: Q fragments live in registers
   float o[MT][D / 8][4];
@@ -76,27 +86,36 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) m_run[mt][0] = m_run[mt][1] = -INFINITY, l_run[mt][0] = l_run[mt][1] = 0.f;
 
-  for (int tile = tile_begin; tile < tile_end; ++tile) {
-    const int stage = (tile - tile_begin) & 1;
+  int stage = 0;  // tile r of the split lives in stage r % STAGES
+  for (int tile = tile_begin; tile < tile_end; ++tile, stage = stage + 1 == STAGES ? 0 : stage + 1) {
     const int t0 = tile * kBlockN;
-    // Attendable columns of this thread (2 per 8-key block), the same for every row: read the
-    // mask before waiting so its latency overlaps the copy.
-    uint32_t valid = 0;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int t = t0 + j * 8 + 2 * (lane & 3) + e;
-        if (t < p.T && mask[t]) valid |= 1u << (2 * j + e);
-      }
-    if (tile + 1 < tile_end) {  // prefetch the next tile into the other stage
-      load_kv(tile + 1, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+    // Attendable keys of the tile, read before the wait so the load latency overlaps the copy: lane
+    // l reads keys 2l, 2l+1 and two ballots share them (bit i of valid[e] = key 2i + e); a thread's
+    // column e of key block j (key 8j + 2(l%4) + e) is then bit 4j of valid[e] >> l%4.
+    uint32_t valid[2];
+    {
+      const int t = t0 + 2 * lane;
+      const bool k0 = t < p.T && mask[t], k1 = t + 1 < p.T && mask[t + 1];
+      valid[0] = __ballot_sync(0xffffffffu, k0) >> (lane & 3);
+      valid[1] = __ballot_sync(0xffffffffu, k1) >> (lane & 3);
     }
-    __syncthreads();
+    if constexpr (STAGES == 2) {
+      if (tile + 1 < tile_end) {  // prefetch the next tile into the other stage, then wait for this one
+        load_kv(tile + 1, stage ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+    } else {
+      cp_async_wait<STAGES - 2>();  // this tile landed (the STAGES-2 newer ones may still fly)
+      __syncthreads();  // ... for every thread, and every warp is done with the previous tile, whose
+                        // stage the next copy refills: no barrier at the end of the iteration
+      const int fill = stage == 0 ? STAGES - 1 : stage - 1;
+      if (tile + STAGES - 1 < tile_end) load_kv(tile + STAGES - 1, fill);
+      cp_async_commit();
+    }
 
     float s[MT][8][4];
     const T* sKs = sK + stage * kBlockN * D;
@@ -115,7 +134,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[mt][j][e] = (valid >> (2 * j + (e & 1))) & 1u ? s[mt][j][e] * scale_log2 : -INFINITY;
+          s[mt][j][e] = (valid[e & 1] >> (4 * j)) & 1u ? s[mt][j][e] * scale_log2 : -INFINITY;
           mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
         }
       float m_use[2];
@@ -125,7 +144,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
         const float m_new = fmaxf(m_run[mt][r], mx[r]);
         m_use[r] = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: keep exp2 finite (gives 0)
-        const float alpha = exp2f(m_run[mt][r] - m_use[r]);
+        const float alpha = fast_exp2(m_run[mt][r] - m_use[r]);
         m_run[mt][r] = m_new;
         l_run[mt][r] *= alpha;
 #pragma unroll
@@ -138,7 +157,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[mt][j][e] = exp2f(s[mt][j][e] - m_use[e >> 1]);
+          s[mt][j][e] = fast_exp2(s[mt][j][e] - m_use[e >> 1]);
           l_run[mt][e >> 1] += s[mt][j][e];
         }
     }
@@ -159,8 +178,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b0, b1, b2, b3;
-        ldmatrix_x4_trans(smem_addr(sVs + swz<D>(kk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7), 2 * dp + (lane >> 4))),
-                          b0, b1, b2, b3);
+        v_fragments<D>(b0, b1, b2, b3, sVs, kk, dp, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           mma16816<T>(o[mt][2 * dp], a[mt], b0, b1);
@@ -168,7 +186,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
         }
       }
     }
-    __syncthreads();  // this stage is refilled by the next iteration's prefetch
+    if constexpr (STAGES == 2) __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
   cp_async_wait<0>();  // an empty split still has the Q copy in flight
 
@@ -237,10 +255,10 @@ int num_sms(int device) {
   return cache[device];
 }
 
-template <typename T, int D, int WARPS, int MT>
+template <typename T, int D, int WARPS, int MT, int STAGES>
 cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  using Cfg = MainConfig<T, D, WARPS, MT>;
-  auto kernel = attn_main_kernel<T, D, WARPS, MT>;
+  using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
+  auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
@@ -249,11 +267,18 @@ cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cud
   return cudaGetLastError();
 }
 
+template <typename T, int D, int STAGES>
+cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  return plan.rows == 32    ? launch_main<T, D, 2, 1, STAGES>(p, plan, stream)
+         : plan.rows == 64  ? launch_main<T, D, 4, 1, STAGES>(p, plan, stream)
+         : plan.rows == 128 ? launch_main<T, D, 4, 2, STAGES>(p, plan, stream)
+                            : cudaErrorInvalidValue;
+}
+
 template <typename T, int D>
 cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  cudaError_t err = plan.rows == 32  ? launch_main<T, D, 2, 1>(p, plan, stream)
-                    : plan.rows == 64 ? launch_main<T, D, 4, 1>(p, plan, stream)
-                    : plan.rows == 128 ? launch_main<T, D, 4, 2>(p, plan, stream)
+  cudaError_t err = plan.stages == 2   ? launch_rows<T, D, 2>(p, plan, stream)
+                    : plan.stages == 3 ? launch_rows<T, D, 3>(p, plan, stream)
                                        : cudaErrorInvalidValue;
   if (err != cudaSuccess) return err;
   if (plan.splits > 1) {
@@ -281,14 +306,29 @@ bool attention_supported(DType dtype, int head_dim) {
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2};
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
   plan.rows = env_int("DLLM_CORE_ATTN_ROWS", M <= 32 ? 32 : M <= 64 ? 64 : 128,
                       [](int v) { return v == 32 || v == 64 || v == 128; });
-  // Resident blocks per SM at D = 128 (shared memory: 72 / 80 / 96 KB; the 128-row variant also
-  // needs ~255 registers per thread).
-  const int target = (plan.rows == 32 ? 3 : 2) * sms;
+  // K/V ring depth (resident blocks/SM at D = 128; the plan does not see D, and D = 64 needs half the
+  // shared memory): the 64-row variant keeps 2 blocks/SM with 3 stages (80 -> 112 KB), so it takes
+  // them; the 128-row one would drop from 2 to 1 (96 -> 128 KB; its 4 warps need company), so it
+  // keeps 2.  The 32-row one drops from 3 to 2 (72 -> 104 KB); it is memory bound, a wave of k
+  // blocks/SM takes ~k/2 times as long as one of 2, so a grid too large to split takes 3 stages
+  // where ceil(blocks / 2 SMs) x 2 < ceil(blocks / 3 SMs) x 3: LLaDA batch 16 q = 32 (512 blocks)
+  // ran 1.3 waves of 396 slots, its last wave a third full, and fills 2 waves of 264 instead.
+  int stages = plan.rows == 64 ? 3 : 2;
+  if (plan.rows == 32) {
+    const long blocks = static_cast<long>(B) * Hkv * ceil_div(M, 32);
+    if (blocks >= 3L * sms && (blocks + 2L * sms - 1) / (2L * sms) * 2 < (blocks + 3L * sms - 1) / (3L * sms) * 3)
+      stages = 3;
+  }
+  plan.stages = env_int("DLLM_CORE_ATTN_STAGES", stages, [](int v) { return v == 2 || v == 3; });
+  // Resident blocks per SM at D = 128 (shared memory, 2 / 3 stages: 72 / 104 KB at 32 rows, 80 / 112
+  // at 64, 96 / 128 at 128; the 128-row variant also needs ~255 registers per thread).
+  const int per_sm = plan.rows == 32 ? (plan.stages == 2 ? 3 : 2) : plan.rows == 64 ? 2 : (plan.stages == 2 ? 2 : 1);
+  const int target = per_sm * sms;
   const int base = B * Hkv * ceil_div(M, plan.rows);
   // Key splits: minimise waves x tiles per split (the slowest block's work), plus ~2 tiles' worth
   // for the combine kernel when splitting, plus the float32 partials every split block writes and
@@ -322,9 +362,10 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
                                [Hkv](int v) { return v >= 1 && v <= Hkv && Hkv % v == 0; });
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
-    std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d splits=%d tiles_per_split=%d "
-                 "probs=%d probs_rows=%d row_blocks=%d head_slices=%d\n", B, n, H, Hkv, T, plan.rows, plan.splits,
-                 plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.row_blocks, plan.head_slices);
+    std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
+                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d\n", B, n, H, Hkv, T, plan.rows,
+                 plan.stages, plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.row_blocks,
+                 plan.head_slices);
   return plan;
 }
 
