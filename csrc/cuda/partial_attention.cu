@@ -313,12 +313,15 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
                       [](int v) { return v == 32 || v == 64 || v == 128; });
   // K/V ring depth (resident blocks/SM at D = 128; the plan does not see D, and D = 64 needs half the
   // shared memory): the 64-row variant keeps 2 blocks/SM with 3 stages (80 -> 112 KB), so it takes
-  // them; the 128-row one would drop from 2 to 1 (96 -> 128 KB; its 4 warps need company), so it
+  // them when its grid fills the GPU unsplit; the 128-row one would drop from 2 to 1 (96 -> 128 KB; its 4 warps need company), so it
   // keeps 2.  The 32-row one drops from 3 to 2 (72 -> 104 KB); it is memory bound, a wave of k
   // blocks/SM takes ~k/2 times as long as one of 2, so a grid too large to split takes 3 stages
   // where ceil(blocks / 2 SMs) x 2 < ceil(blocks / 3 SMs) x 3: LLaDA batch 16 q = 32 (512 blocks)
   // ran 1.3 waves of 396 slots, its last wave a third full, and fills 2 waves of 264 instead.
-  int stages = plan.rows == 64 ? 3 : 2;
+  // Measured on the H100 (2026-11-23): 3 stages won only on grids too large to split (batch 16:
+  // up to 8% faster) and lost 2-5% where keys are split (batch 1), so split grids keep 2 stages.
+  const long blocks64 = static_cast<long>(B) * Hkv * ceil_div(M, 64);
+  int stages = plan.rows == 64 && blocks64 >= 2L * sms ? 3 : 2;
   if (plan.rows == 32) {
     const long blocks = static_cast<long>(B) * Hkv * ceil_div(M, 32);
     if (blocks >= 3L * sms && (blocks + 2L * sms - 1) / (2L * sms) * 2 < (blocks + 3L * sms - 1) / (3L * sms) * 3)
