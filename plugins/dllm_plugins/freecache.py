@@ -23,13 +23,6 @@ ZhanqiuHu/flash-dlm-experimental).  Two modes:
 Defaults ``left = right = 256`` are the repo's evaluation configuration; its API uses
 ``left = 64`` with the window reaching the end (here ``right = 0``).
 
-``refresh_committed`` (off by default, not in the paper): in ``window`` mode, also recompute the
-columns committed by the previous step that lie left of the window.  When a step commits the
-frontier column and the columns after it were already committed out of order, the frontier jumps
-past the left margin, and the column just committed would otherwise be frozen with the K/V it had
-as ``[MASK]`` (docs/quality.md measures what that costs with a narrow window).  Extra rows are the
-union over the batch, so every sequence recomputes the same columns.
-
 In a batch every sequence recomputes the same columns: F is the minimum over the batch of each
 sequence's first masked column, so sequences that are further ahead recompute a little more.
 Finding F costs one host synchronisation per step (the window is a shape).  Upstream writes
@@ -52,13 +45,11 @@ from dllm_core import CachePolicy, DecodeState, ForwardPlan, Options, StrategyCo
 @dataclass(frozen=True)
 class FreeCacheOptions(Options):
     """``left``: committed columns kept in the window left of the frontier; ``right``: columns
-    from the frontier on (0 = to the end); ``mode``: ``"auto"``, ``"window"`` or ``"block"``;
-    ``refresh_committed``: also recompute last step's commits left of the window (see above)."""
+    from the frontier on (0 = to the end); ``mode``: ``"auto"``, ``"window"`` or ``"block"``."""
 
     left: int = 256
     right: int = 256
     mode: Literal["auto", "window", "block"] = "auto"
-    refresh_committed: bool = False
 
     def validate(self) -> None:
         check_range("left", self.left, 0)
@@ -117,10 +108,5 @@ class FreeCache(CachePolicy):
         logits = _columns(state, lo, hi)
         if first_step:  # the cache is empty: everything is computed (and attended) once
             return ForwardPlan(rows=None, logit_positions=logits)
-        rows = _columns(state, ws, we)
-        if self.options.refresh_committed and state.last_commit is not None and ws > 0:
-            # a second host read, of at most ws flags: the extra columns are a shape too
-            extra = state.last_commit[:, :ws].any(0).nonzero().flatten()
-            if extra.numel():
-                rows = torch.cat([extra.unsqueeze(0).expand(state.batch_size, -1), rows], dim=1)
-        return ForwardPlan(rows=rows, logit_positions=logits, kv_limit=None if we == state.length else we)
+        return ForwardPlan(rows=_columns(state, ws, we), logit_positions=logits,
+                           kv_limit=None if we == state.length else we)
