@@ -71,6 +71,8 @@ ROWS: tuple[Row, ...] = (
         note="FlashDLM eval window: covers the whole testbed sequence (= full recompute)"),
     Row("freecache 16/16", cache="freecache", cache_options={"left": 16, "right": 16},
         note="FreeCache window scaled to the testbed's length"),
+    Row("freecache 16/end", cache="freecache", cache_options={"left": 16, "right": 0},
+        note="left margin 16, window to the end (the shape of FlashDLM's API default 64/end)"),
     Row("ar guide", guide="ar", guide_options={"model": AR_GUIDE},
         note="Guided Diffusion: testbed-ar verifies drafts (top-2, 0.5), no cache"),
     Row("freecache+ar", cache="freecache", cache_options={"left": 16, "right": 16}, guide="ar",
