@@ -10,23 +10,13 @@
 #include <torch/library.h>
 
 #include "../check.h"
+#include "rope_math.h"
 
 #include <cmath>
 #include <vector>
 
 namespace dllm_core {
 namespace {
-
-// inv_freq[i] = 1 / theta^(2i / D), rounded like the float32 reference (pow rounded, then divided).
-std::vector<float> rope_inv_freq(int64_t D, double theta) {
-  std::vector<float> inv(D / 2);
-  const double base = static_cast<double>(static_cast<float>(theta));
-  for (int64_t i = 0; i < D / 2; ++i) {
-    const float e = static_cast<float>(2 * i) / static_cast<float>(D);
-    inv[i] = 1.0f / static_cast<float>(std::pow(base, static_cast<double>(e)));
-  }
-  return inv;
-}
 
 template <typename scalar_t>
 void update_rows(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k,
@@ -46,22 +36,11 @@ void update_rows(const at::Tensor& k_cache, const at::Tensor& v_cache, const at:
     std::vector<float> cs(half), sn(half);
     for (int64_t br = begin; br < end; ++br) {
       const int64_t b = br / n, t = rp[br];
-      const float pos = static_cast<float>(pp[br]);
-      for (int64_t i = 0; i < half; ++i) {
-        const float angle = pos * inv_freq[i];
-        cs[i] = std::cos(angle);
-        sn[i] = std::sin(angle);
-      }
+      rope_cos_sin(pp[br], inv_freq, cs, sn);
       for (int64_t h = 0; h < H; ++h) {
-        const scalar_t* x = kp + (br * H + h) * D;
         const scalar_t* y = vp + (br * H + h) * D;
-        scalar_t* ko = kc + b * ks[0] + t * ks[1] + h * ks[2];
         scalar_t* vo = vc + b * vs[0] + t * vs[1] + h * vs[2];
-        for (int64_t i = 0; i < half; ++i) {
-          const float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
-          ko[i * ks[3]] = static_cast<scalar_t>(x1 * cs[i] - x2 * sn[i]);
-          ko[(i + half) * ks[3]] = static_cast<scalar_t>(x2 * cs[i] + x1 * sn[i]);
-        }
+        rope_rotate_head(kp + (br * H + h) * D, 1, kc + b * ks[0] + t * ks[1] + h * ks[2], ks[3], cs, sn);
         for (int64_t d = 0; d < D; ++d) vo[d * vs[3]] = y[d];
       }
     }

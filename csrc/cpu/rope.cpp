@@ -11,23 +11,13 @@
 #include <torch/library.h>
 
 #include "../check.h"
+#include "rope_math.h"
 
 #include <cmath>
 #include <vector>
 
 namespace dllm_core {
 namespace {
-
-// Must stay identical to rope_inv_freq in kv_cache_update.cpp.
-std::vector<float> query_inv_freq(int64_t D, double theta) {
-  std::vector<float> inv(D / 2);
-  const double base = static_cast<double>(static_cast<float>(theta));
-  for (int64_t i = 0; i < D / 2; ++i) {
-    const float e = static_cast<float>(2 * i) / static_cast<float>(D);
-    inv[i] = 1.0f / static_cast<float>(std::pow(base, static_cast<double>(e)));
-  }
-  return inv;
-}
 
 at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& positions_in, double theta) {
   DLLM_CHECK(x.dim() == 4, "rope: x must be (B, n, H, D), got ", x.sizes());
@@ -40,7 +30,7 @@ at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& positions_in, double 
   auto out = at::empty({B, n, H, D}, x.options());
   if (out.numel() == 0) return out;
   const auto positions = positions_in.contiguous();
-  const auto inv_freq = query_inv_freq(D, theta);
+  const auto inv_freq = rope_inv_freq(D, theta);
   const auto xs = x.strides();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rope_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -50,21 +40,9 @@ at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& positions_in, double 
       std::vector<float> cs(half), sn(half);
       for (int64_t br = begin; br < end; ++br) {
         const int64_t b = br / n, r = br % n;
-        const float pos = static_cast<float>(pp[br]);
-        for (int64_t i = 0; i < half; ++i) {
-          const float angle = pos * inv_freq[i];
-          cs[i] = std::cos(angle);
-          sn[i] = std::sin(angle);
-        }
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t* xi = xp + b * xs[0] + r * xs[1] + h * xs[2];
-          scalar_t* o = op + (br * H + h) * D;
-          for (int64_t i = 0; i < half; ++i) {
-            const float x1 = static_cast<float>(xi[i * xs[3]]), x2 = static_cast<float>(xi[(i + half) * xs[3]]);
-            o[i] = static_cast<scalar_t>(x1 * cs[i] - x2 * sn[i]);
-            o[i + half] = static_cast<scalar_t>(x2 * cs[i] + x1 * sn[i]);
-          }
-        }
+        rope_cos_sin(pp[br], inv_freq, cs, sn);
+        for (int64_t h = 0; h < H; ++h)
+          rope_rotate_head(xp + b * xs[0] + r * xs[1] + h * xs[2], xs[3], op + (br * H + h) * D, 1, cs, sn);
       }
     });
   });
