@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .graphed_function import host_syncs_raise
+from .graphed_function import capture_graph
 from .models.base import DiffusionLM, KVCache
 from .state import ForwardOutput, ForwardPlan
 
@@ -281,15 +281,6 @@ class GraphedForward:
         # Warm-up on a side stream (lazy initialisation, cuBLAS workspaces, autotuning).  Running
         # the forward on the current inputs is harmless: it is idempotent (it writes the rows' K/V
         # from the same inputs), and the caller's call replays the graph right after.
-        # Host syncs raise during the warm-up, so an uncapturable forward never starts a capture
-        # (see host_syncs_raise).
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with host_syncs_raise(), torch.cuda.stream(stream):
-            for _ in range(max(1, self.warmup)):
-                self._static_forward(slot, entry)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self._static_forward(slot, entry)
-        return graph, out
+        # Host syncs raise during the warm-up, so an uncapturable forward never starts a capture.
+        with torch.cuda.device(self.device):
+            return capture_graph(lambda: self._static_forward(slot, entry), self._stream, self.warmup, self._pool)

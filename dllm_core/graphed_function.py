@@ -76,6 +76,23 @@ def host_syncs_raise() -> Iterator[None]:
             warnings.simplefilter("ignore")
             torch.cuda.set_sync_debug_mode(previous)
 
+
+def capture_graph(fn: Callable[[], Any], stream: Any, warmup: int, pool: Any = None) -> tuple[Any, Any]:
+    """``(graph, outputs)``: ``fn()`` warmed up ``max(1, warmup)`` times on the side ``stream``
+    (lazy initialisation, cuBLAS workspaces) with host syncs raising (:func:`host_syncs_raise`),
+    then captured on it into a ``torch.cuda.CUDAGraph`` (memory ``pool``: None = a private one).
+    The current device and stream are the caller's."""
+    current = torch.cuda.current_stream()
+    stream.wait_stream(current)
+    with host_syncs_raise(), torch.cuda.stream(stream):
+        for _ in range(max(1, warmup)):
+            fn()
+    current.wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = fn()
+    return graph, outputs
+
 Signature = tuple[Any, ...]
 
 
@@ -247,20 +264,9 @@ class GraphedFunction:
         if self.simulate:
             outputs = self.fn(*static_args)
             return _SimulatedGraph(self.fn, static_args, outputs), outputs
-        with torch.cuda.device(device):
-            return self._capture_on_current_device(static_args, device)
-
-    def _capture_on_current_device(self, static_args: tuple[Any, ...], device: torch.device) -> tuple[Any, Any]:
         stream = self._streams.get(device)
         if stream is None:
             stream = self._streams[device] = torch.cuda.Stream(device)
-        current = torch.cuda.current_stream(device)
-        stream.wait_stream(current)
-        with host_syncs_raise(), torch.cuda.stream(stream):
-            for _ in range(max(1, self.warmup)):
-                self.fn(*static_args)
-        current.wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # a private memory pool: see "Outputs" in the module docstring
-            outputs = self.fn(*static_args)
-        return graph, outputs
+        with torch.cuda.device(device):
+            # no pool: each graph gets a private one (see "Outputs" in the module docstring)
+            return capture_graph(lambda: self.fn(*static_args), stream, self.warmup)
