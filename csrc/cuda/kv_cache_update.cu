@@ -1,13 +1,13 @@
 // CUDA kernel of dllm_core::kv_cache_update: RoPE(k) and v scattered into the caches in one pass.
 //
 // One block per (batch, new row).  The block first computes that row's D/2 (cos, sin) pairs into
-// shared memory (angles exactly as the float32 reference: inv_freq = 1 / theta^(2i/D) rounded to
-// float, angle = float(pos) * inv_freq), then every head reuses them.  Rotate-half pairs element i
-// with i + D/2, so each thread loads VEC elements of both halves (16-byte accesses when the
-// layout allows), rotates in float32 and writes both halves; v is a straight 16-byte copy.
+// shared memory, then every head reuses them (rope_math.cuh, shared with the query RoPE of
+// rope.cu).  Rotate-half pairs element i with i + D/2, so each thread loads VEC elements of both
+// halves (16-byte accesses when the layout allows), rotates in float32 and writes both halves;
+// v is a straight 16-byte copy.
 // Rows outside [0, T) are skipped (the CPU kernel raises instead; checking here would need a sync).
 
-#include "device_utils.cuh"
+#include "rope_math.cuh"
 #include "launchers.h"
 
 namespace dllm_core {
@@ -25,35 +25,16 @@ __global__ void __launch_bounds__(kThreads) kv_update_kernel(KvUpdateParams p) {
   const int64_t t = p.rows[br];
   if (t < 0 || t >= p.T) return;  // whole block takes the same branch
   const float pos = static_cast<float>(p.positions[br]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float e = static_cast<float>(2 * i) / static_cast<float>(p.D);
-    const float inv_freq = 1.0f / static_cast<float>(pow(static_cast<double>(p.theta), static_cast<double>(e)));
-    sincosf(pos * inv_freq, &sn[i], &cs[i]);
-  }
+  rope_cos_sin(pos, p.theta, p.D, cs, sn);
   __syncthreads();
 
-  using V = Vec<T, VEC>;
   const T* kin = static_cast<const T*>(p.k) + b * p.k_s[0] + r * p.k_s[1];
   const T* vin = static_cast<const T*>(p.v) + b * p.v_s[0] + r * p.v_s[1];
   T* kout = static_cast<T*>(p.k_cache) + b * p.kc_s[0] + t * p.kc_s[1];
   T* vout = static_cast<T*>(p.v_cache) + b * p.vc_s[0] + t * p.vc_s[1];
+  rope_rotate_row<T, VEC>(kin, p.k_s[2], kout, p.kc_s[2], p.H, p.D, cs, sn);
 
-  const int kvecs = half / VEC;  // vectors per half head
-  for (int item = threadIdx.x; item < p.H * kvecs; item += blockDim.x) {
-    const int h = item / kvecs, i0 = (item % kvecs) * VEC;
-    const V x1 = *reinterpret_cast<const V*>(kin + h * p.k_s[2] + i0);
-    const V x2 = *reinterpret_cast<const V*>(kin + h * p.k_s[2] + i0 + half);
-    V y1, y2;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const float a = to_float(x1.v[j]), c = to_float(x2.v[j]);
-      const float co = cs[i0 + j], si = sn[i0 + j];
-      y1.v[j] = from_float<T>(a * co - c * si);
-      y2.v[j] = from_float<T>(c * co + a * si);
-    }
-    *reinterpret_cast<V*>(kout + h * p.kc_s[2] + i0) = y1;
-    *reinterpret_cast<V*>(kout + h * p.kc_s[2] + i0 + half) = y2;
-  }
+  using V = Vec<T, VEC>;
   const int dvecs = p.D / VEC;
   for (int item = threadIdx.x; item < p.H * dvecs; item += blockDim.x) {
     const int h = item / dvecs, d0 = (item % dvecs) * VEC;
