@@ -28,8 +28,15 @@ if [ "$rc" -ne 0 ] && command -v cuda-gdb > /dev/null; then
   timeout 120 cuda-gdb -q -batch -ex run -ex bt --args python3 -c "$RAISE" 2>&1 | grep -E "^#|SIG" | head -40
 fi
 
+# wgmma building blocks (benchmarks/wgmma_probe.cu; compute capability 9.0 only): layout/descriptor errors show here first.
+if command -v nvcc > /dev/null; then
+  nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc/cuda benchmarks/wgmma_probe.cu -o "$OUT/wgmma_probe" \
+    && timeout 60 "$OUT/wgmma_probe"
+  echo "wgmma probe rc=$?"
+fi
+
 SECONDS=0
-timeout 300 python3 -m pytest ${GPU_CHECK_TESTS:-tests/test_ops.py tests/test_ops_argmax.py tests/test_ops_fused.py tests/test_attention_variants.py} -q -rs --tb=short -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
+timeout 420 python3 -m pytest ${GPU_CHECK_TESTS:-tests/test_ops.py tests/test_ops_argmax.py tests/test_ops_fused.py tests/test_attention_variants.py} -q -rs --tb=short -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
 echo "pytest rc=$? ${SECONDS}s"; tail -40 "$OUT/pytest.txt"
 
 SECONDS=0
@@ -52,5 +59,8 @@ if command -v compute-sanitizer > /dev/null; then
   SECONDS=0
   timeout 150 compute-sanitizer --tool memcheck --print-limit 5 python3 -c "$SAN" 2>&1 | tail -8
   echo "memcheck ${SECONDS}s"
+  SECONDS=0  # the same calls with the wgmma main pass where it applies (70 rows per kv head)
+  DLLM_CORE_ATTN_MMA=wgmma timeout 150 compute-sanitizer --tool memcheck --print-limit 5 python3 -c "$SAN" 2>&1 | tail -8
+  echo "memcheck (DLLM_CORE_ATTN_MMA=wgmma) ${SECONDS}s"
 fi
 } 2>&1 | tee "$OUT/log.txt"

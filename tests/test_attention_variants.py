@@ -4,7 +4,7 @@ The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/partial
 main-pass row tile (32, 64 or 128 rows per block), K/V pipeline depth (2 or 3 stages), key splits,
 probability-pass row tile (32 or 64) and kv-head slices.  The environment variables
 ``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``, ``..._SPLITS``, ``..._PROBS_ROWS`` and ``..._HEAD_SLICES``
-override those choices (read at every call), so each
+override those choices, and ``..._MMA=wgmma`` the main pass's MMA flavour (read at every call), so each
 variant runs on every shape here, including shapes its automatic choice never sees;
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
@@ -24,7 +24,7 @@ HAS_CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
-       "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE")
+       "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
@@ -89,6 +89,8 @@ def _run_and_check(shape, dtype, return_probs, strided_q=False):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_main_pass_variants(monkeypatch, shape, rows, stages, splits):
     """Every main-pass row tile x K/V stages x split choice on every shape, bf16 and fp16, probabilities on/off."""
+    if rows or stages:  # the mma.sync variants, also once the automatic plan takes wgmma for 128 rows
+        monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
     if rows:
         monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
     if stages:
@@ -116,6 +118,7 @@ def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices):
 @pytest.mark.parametrize("stages", ["2", "3"])
 @pytest.mark.parametrize("rows,splits", [("32", "1"), ("64", "3"), ("128", "1"), ("128", "3")])
 def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages):
+    monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", stages)
@@ -166,7 +169,7 @@ def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
 
     fuller = rows == 32 and blocks >= 3 * sms and wave_cost(2) < wave_cost(3)
     unsplit64 = rows == 64 and blocks >= 2 * sms
-    assert plan["stages"] == (3 if unsplit64 or fuller else 2)
+    assert plan["stages"] == (5 if plan["mma"] == 1 else 3 if unsplit64 or fuller else 2)
     n_tiles = -(-T // 64)
     assert 1 <= plan["splits"] <= min(n_tiles, 64)
     assert plan["splits"] * plan["tiles_per_split"] >= n_tiles > (plan["splits"] - 1) * plan["tiles_per_split"]
@@ -179,6 +182,7 @@ def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
 
 def test_plan_overrides_and_bad_values(capfd, monkeypatch):
     shape = (1, 32, 32, 32, 128, 1024)
+    monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "128")
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "4")
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "3")
@@ -189,3 +193,81 @@ def test_plan_overrides_and_bad_values(capfd, monkeypatch):
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "4")
     plan = _plan(capfd, monkeypatch, shape, False)
     assert plan["rows"] == 32 and plan["stages"] == 2 and plan["splits"] >= 1
+
+
+# ---- wgmma main pass (csrc/cuda/partial_attention_wgmma.cu, sm_90a): DLLM_CORE_ATTN_MMA=wgmma ----------
+# Shapes with more than 64 rows per (batch, kv head), around the 128-row tile edges: MHA q = 65 / 128 / 130,
+# GQA groups 2 / 4 / 7 (Dream-like), one D = 64; T is parametrised separately.
+WGMMA_SHAPES = [
+    (2, 65, 4, 4, 128),   # 65 rows: the second warpgroup holds one row
+    (1, 128, 4, 4, 128),  # 128 rows exactly
+    (2, 130, 2, 2, 128),  # 130 rows: a second block with 2 rows
+    (2, 40, 8, 4, 128),   # group 2: 80 rows
+    (1, 20, 8, 2, 128),   # group 4: 80 rows
+    (2, 19, 28, 4, 128),  # group 7: 133 rows
+    (2, 70, 4, 4, 64),    # D = 64
+]
+WGMMA_T = [1, 37, 64, 130, 515, 4096]
+
+
+def _wgmma_device() -> bool:
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
+def _force_wgmma(capfd, monkeypatch, shape):
+    """Sets DLLM_CORE_ATTN_MMA=wgmma and checks from the trace that the wgmma pass really runs."""
+    if not _wgmma_device():
+        pytest.skip("the wgmma main pass needs compute capability 9.0 (sm_90a)")
+    monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "wgmma")
+    plan = _plan(capfd, monkeypatch, shape, False)
+    monkeypatch.delenv("DLLM_CORE_ATTN_TRACE")
+    assert (plan["mma"], plan["rows"], plan["stages"]) == (1, 128, 5), plan
+
+
+@pytest.mark.parametrize("splits", [None, "3"], ids=lambda s: f"splits={s or 'auto'}")
+@pytest.mark.parametrize("T", WGMMA_T, ids=lambda t: f"T={t}")
+@pytest.mark.parametrize("shape", WGMMA_SHAPES, ids=str)
+def test_wgmma_main_pass(capfd, monkeypatch, shape, T, splits):
+    """wgmma main pass vs the reference: bf16 (contiguous q) and fp16 (strided q), probabilities off/on
+    (the probability pass reads its log2-sum-exp), unsplit or forced into 3 key splits (combine kernel)."""
+    if splits:
+        monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
+    _force_wgmma(capfd, monkeypatch, (*shape, T))
+    for i, dtype in enumerate((torch.bfloat16, torch.float16)):
+        for return_probs in (False, True):
+            _run_and_check((*shape, T), dtype, return_probs, strided_q=(i == 1))
+
+
+@pytest.mark.parametrize("splits", ["1", "3"])
+@pytest.mark.parametrize("shape", [(2, 40, 8, 4, 128, 300), (2, 130, 2, 2, 64, 4096)], ids=str)
+def test_wgmma_fully_masked_row(capfd, monkeypatch, shape, splits):
+    """A batch row with every key masked ends NaN (output and probabilities), the others match."""
+    monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
+    _force_wgmma(capfd, monkeypatch, shape)
+    for dtype in (torch.bfloat16, torch.float16):
+        q, k, v, mask, scale = _inputs(shape, dtype)
+        mask[1] = False
+        out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
+        ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
+        assert out[1].isnan().all() and probs[1].isnan().all()
+        _check((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), dtype, True)
+
+
+def test_wgmma_plan_override(capfd, monkeypatch):
+    """DLLM_CORE_ATTN_MMA: =sync (and no wgmma-capable device) keep mma.sync; =wgmma takes only row tiles
+    of more than 64 rows (forced ROWS=128 included) and records mma=1 with its fixed 5-stage ring."""
+    monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
+    assert _plan(capfd, monkeypatch, (1, 128, 4, 4, 128, 300), False)["mma"] == 0
+    monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "wgmma")
+    plan = _plan(capfd, monkeypatch, (1, 128, 4, 4, 128, 300), False)
+    if not _wgmma_device():
+        assert plan["mma"] == 0
+        return
+    assert (plan["mma"], plan["rows"], plan["stages"]) == (1, 128, 5)
+    assert _plan(capfd, monkeypatch, (1, 64, 4, 4, 128, 300), False)["mma"] == 0  # 64 rows: mma.sync tile
+    monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "64")  # M > 64 still takes wgmma (128 rows)
+    assert _plan(capfd, monkeypatch, (1, 65, 4, 4, 128, 300), False)["rows"] == 128
+    monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "128")  # forced 128-row tile over 32 rows: wgmma too
+    plan = _plan(capfd, monkeypatch, (1, 32, 4, 4, 128, 300), False)
+    assert (plan["mma"], plan["rows"]) == (1, 128)
+    _run_and_check((1, 32, 4, 4, 128, 300), torch.bfloat16, True)

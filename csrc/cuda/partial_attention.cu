@@ -25,6 +25,7 @@
 #include <cfloat>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "attention_tiles.cuh"
 
@@ -277,7 +278,8 @@ cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cud
 
 template <typename T, int D>
 cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  cudaError_t err = plan.stages == 2   ? launch_rows<T, D, 2>(p, plan, stream)
+  cudaError_t err = plan.mma == 1      ? launch_attention_wgmma(p, plan, stream)
+                    : plan.stages == 2 ? launch_rows<T, D, 2>(p, plan, stream)
                     : plan.stages == 3 ? launch_rows<T, D, 3>(p, plan, stream)
                                        : cudaErrorInvalidValue;
   if (err != cudaSuccess) return err;
@@ -311,6 +313,16 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
   plan.rows = env_int("DLLM_CORE_ATTN_ROWS", M <= 32 ? 32 : M <= 64 ? 64 : 128,
                       [](int v) { return v == 32 || v == 64 || v == 128; });
+  // Main-pass MMA (plan.mma): 1 = wgmma (partial_attention_wgmma.cu: 128 rows, compute capability 9.0
+  // with the sm_90a image), 0 = mma.sync.  DLLM_CORE_ATTN_MMA=wgmma forces wgmma wherever it applies (a
+  // 128-row tile or M > 64), =sync forces mma.sync.  The automatic choice stays on mma.sync until wgmma
+  // is measured on the H100: to switch it on for the 128-row tile, set kAutoWgmma to true (one line).
+  constexpr bool kAutoWgmma = false;
+  const char* mma_env = std::getenv("DLLM_CORE_ATTN_MMA");
+  const bool force_wgmma = mma_env != nullptr && std::strcmp(mma_env, "wgmma") == 0;
+  const bool force_sync = mma_env != nullptr && std::strcmp(mma_env, "sync") == 0;
+  const bool wgmma_rows = force_wgmma ? plan.rows == 128 || M > 64 : kAutoWgmma && !force_sync && plan.rows == 128;
+  if (wgmma_rows && wgmma_available(device)) plan.mma = 1, plan.rows = 128;
   // K/V ring depth (resident blocks/SM at D = 128; the plan does not see D, and D = 64 needs half the
   // shared memory): the 64-row variant keeps 2 blocks/SM with 3 stages (80 -> 112 KB), so it takes
   // them when its grid fills the GPU unsplit; the 128-row one would drop from 2 to 1 (96 -> 128 KB; its 4 warps need company), so it
@@ -328,9 +340,12 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
       stages = 3;
   }
   plan.stages = env_int("DLLM_CORE_ATTN_STAGES", stages, [](int v) { return v == 2 || v == 3; });
+  if (plan.mma == 1) plan.stages = 5;  // the wgmma kernel's fixed ring (kWgStages)
   // Resident blocks per SM at D = 128 (shared memory, 2 / 3 stages: 72 / 104 KB at 32 rows, 80 / 112
   // at 64, 96 / 128 at 128; the 128-row variant also needs ~255 registers per thread).
-  const int per_sm = plan.rows == 32 ? (plan.stages == 2 ? 3 : 2) : plan.rows == 64 ? 2 : (plan.stages == 2 ? 2 : 1);
+  // wgmma: 1 (193 KB, 181 registers x 256 threads).
+  const int per_sm = plan.mma == 1 ? 1
+                     : plan.rows == 32 ? (plan.stages == 2 ? 3 : 2) : plan.rows == 64 ? 2 : (plan.stages == 2 ? 2 : 1);
   const int target = per_sm * sms;
   const int base = B * Hkv * ceil_div(M, plan.rows);
   // Key splits: minimise waves x tiles per split (the slowest block's work), plus ~2 tiles' worth
@@ -366,9 +381,9 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
-                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d\n", B, n, H, Hkv, T, plan.rows,
-                 plan.stages, plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.row_blocks,
-                 plan.head_slices);
+                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d mma=%d\n", B, n, H, Hkv, T,
+                 plan.rows, plan.stages, plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows,
+                 plan.row_blocks, plan.head_slices, plan.mma);
   return plan;
 }
 
