@@ -3,12 +3,12 @@
 // that reads K and V once.  The two-pass path (partial_attention.cu + partial_attention_probs.cu)
 // reads K twice, which bounds it near 3x of the baselines where few rows share a kv head.
 //
-// A thread-block cluster (sm_90) of C blocks owns one batch b and all its <= 32 rows per kv head
-// (rows = (query row, head of the group) pairs, as in the main pass).  Block rank = ih * chunks + ik:
-// it owns key chunk ik ([ik * Tc, (ik + 1) * Tc), Tc <= 512 keys) and kv-head slice ih (Hkv / slices
-// consecutive kv heads, slices = C / chunks).  Per kv head: the block streams Q, then its chunk's K
-// tiles, then its V tiles through one cp.async ring (items of 64 x D; the ring keeps prefetching
-// across the head boundaries and the cluster barriers), and
+// A thread-block cluster (sm_90) of C blocks owns one batch b and group z of kv heads (grid (C, B,
+// groups)), with all its <= 32 rows per kv head (rows = (query row, head of the group) pairs, as in
+// the main pass).  Block rank = ih * chunks + ik: it owns key chunk ik ([ik * Tc, (ik + 1) * Tc),
+// Tc <= 512 keys) and kv-head slice ih (Hkv / (slices * groups) consecutive kv heads, slices =
+// C / chunks).  Per kv head the block streams Q, its chunk's K tiles, then its V tiles through one
+// cp.async ring (items of 64 x D; it keeps prefetching across heads and cluster barriers), and
 //   A: S = Q K^T (log2 domain, masked keys -inf) into shared memory (float32, 32 x Tc), with online
 //      per-row (max, sum) per warp;
 //   stats: the warps' (max, sum) merged per row; with chunks > 1 published to the peers of the
@@ -21,7 +21,8 @@
 //      next cluster barrier (waited for after the next head's phase A, so its latency overlaps work)
 //      block ik adds rows [ik * M / chunks, ..) of the chunks' partials and writes them.
 // At the end the blocks of one key chunk add their accumulators (and the group's rows) through
-// distributed shared memory, 1/H, and store their column slice of probs (B, n, T).
+// distributed shared memory, 1/H, and store their column slice of probs (B, n, T) (groups > 1:
+// atomicAdd into the zeroed output).
 // Barriers per head with chunks > 1: two cluster barriers; a block's (max, sum) and partial-output
 // buffers are rewritten only after a barrier that every peer reaches after reading them, so one
 // buffer of each suffices.  Every block runs the same number of heads, so all reach every cluster
@@ -47,7 +48,8 @@ struct FusedConfig {
   static_assert((kBlockN * D / 8) % kThreads == 0, "even copy split");
 };
 
-// Shared-memory layout in bytes (host: launch size and occupancy; device: carving).
+// Shared-memory layout in bytes (host: launch size and occupancy; device: carving): each offset is
+// the previous one plus the size of the region its comment names.
 struct FusedLayout {
   int p, mlw, ml, s, acc, o, total;
   __host__ __device__ FusedLayout(int D, int tc, int chunks) {
