@@ -396,7 +396,8 @@ int fused_probs_max_clusters(int cluster, int chunks, int T, int device) {
   const size_t smem = FusedLayout(128, tc, chunks).total;  // the larger head dim decides
   auto kernel = attn_fused_probs_kernel<__nv_bfloat16, 128>;
   int clusters = 0;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) == cudaSuccess) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err == cudaSuccess) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(cluster, 1, 1);
     cfg.blockDim = dim3(kThreads, 1, 1);
@@ -408,9 +409,12 @@ int fused_probs_max_clusters(int cluster, int chunks, int T, int device) {
     attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) clusters = 0;
+    err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
   }
-  cudaGetLastError();  // a failed query must not surface as a later launch's error
+  if (err != cudaSuccess) {  // not cached (it may be transient), and not left for a later launch check
+    cudaGetLastError();
+    return 0;
+  }
   if (slot != nullptr) *slot = clusters + 1;
   return clusters;
 }
