@@ -114,7 +114,7 @@ def attention_plan(q, k, v, mask, scale, return_probs) -> dict:
 
 def plan_str(plan: dict) -> str:
     """Compact plan: main rows(w: wgmma)(xK/V stages)/splits, probability rows/head slices (e.g. r64x3 s8 / p32 h1,
-    r128wx5 s1 / p64 h1)."""
+    r128wx3 s1 / p64 h1)."""
     if not plan:
         return "?"
     wgmma = "w" if plan.get("mma") == 1 else ""
