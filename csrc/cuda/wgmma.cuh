@@ -10,7 +10,7 @@
 //     apart (SBO), LBO unused (1); k step kk (16 columns = 32 bytes) starts at column block kk / 4, byte
 //     32 (kk % 4) of the row: the hardware swizzles the advanced address as the copy did.
 //   - MN-major (V as B of O = P V, transposed: the output dim D is contiguous): key groups of 8 rows
-//     1024 bytes apart (SBO), the 64-column blocks of D rows x 128 bytes apart (LBO); k step kk (16 keys)
+//     1024 bytes apart (SBO), the 64-column blocks KEYS rows x 128 bytes apart (LBO); k step kk (16 keys)
 //     starts 2048 bytes further.
 // The accumulator of m64nNk16 gives warp w of the warpgroup rows 16 w + lane / 4 (+ 8), columns
 // 8 j + 2 (lane % 4) (+ 1) in d[4 j + e] (e: bit 0 column, bit 1 row + 8), the m16n8 layout of mma.sync
