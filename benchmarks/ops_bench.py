@@ -116,7 +116,7 @@ def attention_plan(q, k, v, mask, scale, return_probs) -> dict:
 
 def plan_str(plan: dict) -> str:
     """Compact plan: main rows(w: wgmma)(xK/V stages)/splits, then the probability pass's rows/head
-    slices (e.g. r64x3 s8 / p32 h1, r128wx5 s1 / p64 h1), or, when the call with probabilities runs the
+    slices (e.g. r64x3 s8 / p32 h1, r128wx3 s1 / p64 h1), or, when the call with probabilities runs the
     fused single-read kernel instead of both passes, its cluster size, key chunks and clusters per batch
     (r32x3 s1 / f8 k2 g1; the r/s part then describes only the call without probabilities)."""
     if not plan:

@@ -176,7 +176,7 @@ def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
 
     fuller = rows == 32 and blocks >= 3 * sms and wave_cost(2) < wave_cost(3)
     unsplit64 = rows == 64 and blocks >= 2 * sms
-    assert plan["stages"] == (5 if plan["mma"] == 1 else 3 if unsplit64 or fuller else 2)
+    assert plan["stages"] == (3 if plan["mma"] == 1 else 3 if unsplit64 or fuller else 2)
     n_tiles = -(-T // 64)
     assert 1 <= plan["splits"] <= min(n_tiles, 64)
     assert plan["splits"] * plan["tiles_per_split"] >= n_tiles > (plan["splits"] - 1) * plan["tiles_per_split"]
@@ -228,7 +228,7 @@ def _force_wgmma(capfd, monkeypatch, shape):
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "wgmma")
     plan = _plan(capfd, monkeypatch, shape, False)
     monkeypatch.delenv("DLLM_CORE_ATTN_TRACE")
-    assert (plan["mma"], plan["rows"], plan["stages"]) == (1, 128, 5), plan
+    assert (plan["mma"], plan["rows"], plan["stages"]) == (1, 128, 3), plan
 
 
 @pytest.mark.parametrize("splits", [None, "3"], ids=lambda s: f"splits={s or 'auto'}")
@@ -262,7 +262,7 @@ def test_wgmma_fully_masked_row(capfd, monkeypatch, shape, splits):
 
 def test_wgmma_plan_override(capfd, monkeypatch):
     """DLLM_CORE_ATTN_MMA: =sync (and no wgmma-capable device) keep mma.sync; =wgmma takes only row tiles
-    of more than 64 rows (forced ROWS=128 included) and records mma=1 with its fixed 5-stage ring."""
+    of more than 64 rows (forced ROWS=128 included) and records mma=1 with its fixed 3-stage ring (128-key stages)."""
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
     assert _plan(capfd, monkeypatch, (1, 128, 4, 4, 128, 300), False)["mma"] == 0
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "wgmma")
@@ -270,7 +270,7 @@ def test_wgmma_plan_override(capfd, monkeypatch):
     if not _wgmma_device():
         assert plan["mma"] == 0
         return
-    assert (plan["mma"], plan["rows"], plan["stages"]) == (1, 128, 5)
+    assert (plan["mma"], plan["rows"], plan["stages"]) == (1, 128, 3)
     assert _plan(capfd, monkeypatch, (1, 64, 4, 4, 128, 300), False)["mma"] == 0  # 64 rows: mma.sync tile
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "64")  # M > 64 still takes wgmma (128 rows)
     assert _plan(capfd, monkeypatch, (1, 65, 4, 4, 128, 300), False)["rows"] == 128

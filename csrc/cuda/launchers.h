@@ -38,8 +38,8 @@ struct AttentionPlan {
   int head_slices;      // probability pass: kv-head slices summed with atomics (1 = plain stores)
   int rows;             // main pass: rows per block, 32 (2 warps x 16), 64 (4 x 16) or 128 (4 x 32)
   int probs_rows;       // probability pass: query rows per block, 32 (2 warps) or 64 (4 warps)
-  int stages;           // main pass: K/V tiles in the shared-memory ring, 2 (double buffer) or 3; 5 with mma = 1
-  int mma;              // main pass: 0 mma.sync (the row tiles above), 1 wgmma (sm_90a, 128 rows, fixed 5-stage ring)
+  int stages;           // main pass: K/V tiles in the shared-memory ring, 2 (double buffer) or 3; 3 (128-key stages) with mma = 1
+  int mma;              // main pass: 0 mma.sync (the row tiles above), 1 wgmma (sm_90a, 128 rows, warp-specialised, fixed 3-stage ring)
   // With probabilities: > 0 = the fused single-read variant instead of main pass + probability pass:
   // fused_groups thread-block clusters per batch, each of fused_probs blocks (fused_chunks key chunks
   // x fused_probs / fused_chunks kv-head slices); the fields above then only describe the plan

@@ -343,10 +343,10 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
       stages = 3;
   }
   plan.stages = env_int("DLLM_CORE_ATTN_STAGES", stages, [](int v) { return v == 2 || v == 3; });
-  if (plan.mma == 1) plan.stages = 5;  // the wgmma kernel's fixed ring (kWgStages)
+  if (plan.mma == 1) plan.stages = 3;  // the wgmma kernel's fixed ring of 128-key stages (kWgStages)
   // Resident blocks per SM at D = 128 (shared memory, 2 / 3 stages: 72 / 104 KB at 32 rows, 80 / 112
   // at 64, 96 / 128 at 128; the 128-row variant also needs ~255 registers per thread).
-  // wgmma: 1 (193 KB, 181 registers x 256 threads).
+  // wgmma: 1 (225 KB; 384 threads: producer 40 + 2 consumer warpgroups x 232 registers).
   const int per_sm = plan.mma == 1 ? 1
                      : plan.rows == 32 ? (plan.stages == 2 ? 3 : 2) : plan.rows == 64 ? 2 : (plan.stages == 2 ? 2 : 1);
   const int target = per_sm * sms;
@@ -356,10 +356,12 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   // the combine reads back (rows x D x 4 bytes each way = rows / 64 K/V tiles each way, spread over
   // the GPU); ties go to fewer splits.  Without that last term, Dream-7B at q=128, T=4096 took 64
   // one-tile splits and ran 0.3x of SDPA flash: its partials outweighed its (GQA-small) K/V reads.
-  const int max_splits = std::min(n_tiles, 64);
+  // The wgmma kernel streams 128-key tiles: its automatic splits take whole ones (an even tiles_per_split;
+  // a forced split count may still end a split inside a tile, which the kernel masks).
+  const int max_splits = std::min(n_tiles, 64), unit = plan.mma == 1 ? 2 : 1;
   long best_cost = -1;
   for (int s = 1; s <= max_splits && base < target; ++s) {
-    const int tps = ceil_div(n_tiles, s), eff = ceil_div(n_tiles, tps);
+    const int tps = unit * ceil_div(ceil_div(n_tiles, unit), s), eff = ceil_div(n_tiles, tps);
     if (eff != s) continue;  // same as a smaller count
     const long waves = (static_cast<long>(base) * eff + target - 1) / target;
     const long partials = (static_cast<long>(base) * eff * (plan.rows / 32) + target - 1) / target;

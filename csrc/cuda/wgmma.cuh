@@ -10,7 +10,7 @@
 //     apart (SBO), LBO unused (1); k step kk (16 columns = 32 bytes) starts at column block kk / 4, byte
 //     32 (kk % 4) of the row: the hardware swizzles the advanced address as the copy did.
 //   - MN-major (V as B of O = P V, transposed: the output dim D is contiguous): key groups of 8 rows
-//     1024 bytes apart (SBO), the 64-column blocks of D rows x 128 bytes apart (LBO); k step kk (16 keys)
+//     1024 bytes apart (SBO), the 64-column blocks KEYS rows x 128 bytes apart (LBO); k step kk (16 keys)
 //     starts 2048 bytes further.
 // The accumulator of m64nNk16 gives warp w of the warpgroup rows 16 w + lane / 4 (+ 8), columns
 // 8 j + 2 (lane % 4) (+ 1) in d[4 j + e] (e: bit 0 column, bit 1 row + 8), the m16n8 layout of mma.sync
@@ -88,16 +88,28 @@ __device__ __forceinline__ void pin(uint32_t (&r)[N]) {
   "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "  \
   "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
-// d[64x64] (+)= A[64x16] B[16x64], A and B K-major in shared memory; scale_d = 0 overwrites d.
+// d[64xN] (+)= A[64x16] B[16xN], A and B K-major in shared memory; scale_d = 0 overwrites d; N = 64 or 128.
 #define DLLM_WG_SS64(TY)                                                                                  \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                              \
                "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DLLM_WG_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n" \
                : DLLM_WG_F32(d)                                                                           \
                : "l"(da), "l"(db), "r"(scale_d))
-template <typename T>
-__device__ __forceinline__ void mma_ss_n64(float (&d)[32], uint64_t da, uint64_t db, int scale_d) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) DLLM_WG_SS64("bf16");
-  else DLLM_WG_SS64("f16");
+#define DLLM_WG_SS128(TY)                                                                                 \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                              \
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " DLLM_WG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n" \
+               : DLLM_WG_F32(d), DLLM_WG_F8(d, 32), DLLM_WG_F8(d, 40), DLLM_WG_F8(d, 48), DLLM_WG_F8(d, 56)    \
+               : "l"(da), "l"(db), "r"(scale_d))
+template <typename T, int N>
+__device__ __forceinline__ void mma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
+  static_assert(N == 64 || N == 128, "output width");
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (N == 64) {
+    if constexpr (bf16) DLLM_WG_SS64("bf16");
+    else DLLM_WG_SS64("f16");
+  } else {
+    if constexpr (bf16) DLLM_WG_SS128("bf16");
+    else DLLM_WG_SS128("f16");
+  }
 }
 
 // d[64xN] += A[64x16] (registers) B[16xN], B MN-major (transposed) in shared memory; N = 64 or 128.
@@ -124,32 +136,65 @@ __device__ __forceinline__ void mma_rs(float (&d)[N / 2], const uint32_t* a, uin
   }
 }
 
-// s (this warpgroup's 64 rows x 64 keys) = Q K^T.  q: the warpgroup's first row in a Q tile of QROWS
-// rows (column block 0); k: a 64-key tile.  Issues D / 16 wgmmas (no fence / commit / wait).
-template <typename T, int D, int QROWS>
-__device__ __forceinline__ void qk(float (&s)[32], uint32_t q, uint32_t k) {
+// s (this warpgroup's 64 rows x KEYS keys) = Q K^T.  q: the warpgroup's first row in a Q tile of QROWS
+// rows (column block 0); k: a KEYS-key tile (64: m64n64k16, 128: m64n128k16).  Issues D / 16 wgmmas
+// (no fence / commit / wait).
+template <typename T, int D, int QROWS, int KEYS>
+__device__ __forceinline__ void qk(float (&s)[KEYS / 2], uint32_t q, uint32_t k) {
   const uint64_t dq = make_desc(q, 16, 1024), dk = make_desc(k, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    const uint32_t oq = (kk / 4) * QROWS * 128 + (kk % 4) * 32, ok = (kk / 4) * 64 * 128 + (kk % 4) * 32;
-    mma_ss_n64<T>(s, dq + (oq >> 4), dk + (ok >> 4), kk > 0);
+    const uint32_t oq = (kk / 4) * QROWS * 128 + (kk % 4) * 32, ok = (kk / 4) * KEYS * 128 + (kk % 4) * 32;
+    mma_ss<T, KEYS>(s, dq + (oq >> 4), dk + (ok >> 4), kk > 0);
   }
 }
 
-// o (64 rows x D) += P V: p holds the 64 keys' A fragments (4 registers per 16-key step), v a 64-key tile.
-template <typename T, int D>
-__device__ __forceinline__ void pv(float (&o)[D / 2], const uint32_t (&p)[16], uint32_t v) {
-  const uint64_t dv = make_desc(v, 64 * 128, 1024);
+// o (64 rows x D) += P V: p holds the KEYS keys' A fragments (4 registers per 16-key step), v a KEYS-key
+// tile (its D / 64 column blocks KEYS x 128 bytes apart: the LBO).
+template <typename T, int D, int KEYS>
+__device__ __forceinline__ void pv(float (&o)[D / 2], const uint32_t (&p)[KEYS / 4], uint32_t v) {
+  const uint64_t dv = make_desc(v, KEYS * 128, 1024);
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) mma_rs<T, D>(o, p + 4 * kk, dv + ((kk * 2048) >> 4));
+  for (int kk = 0; kk < KEYS / 16; ++kk) mma_rs<T, D>(o, p + 4 * kk, dv + ((kk * 2048) >> 4));
 }
 
-// The 64 x 64 probabilities of an S accumulator as the A fragments of P V (pairs rounded to T).
-template <typename T>
-__device__ __forceinline__ void pack_p(uint32_t (&p)[16], const float (&s)[32]) {
+// The 64 x N probabilities of an S accumulator as the A fragments of P V (pairs rounded to T).
+template <typename T, int N>
+__device__ __forceinline__ void pack_p(uint32_t (&p)[N / 4], const float (&s)[N / 2]) {
 #pragma unroll
-  for (int i = 0; i < 16; ++i) p[i] = pack2<T>(s[2 * i], s[2 * i + 1]);
+  for (int i = 0; i < N / 4; ++i) p[i] = pack2<T>(s[2 * i], s[2 * i + 1]);
 }
+
+// ---- Warp specialisation: mbarriers (shared-memory 8-byte words), named barriers, register budgets.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+// One arrival on bar once every cp.async this thread issued so far has landed (the init count has it).
+__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits for the completion of the barrier's phase of the given parity (phase k: parity k & 1).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  } while (done == 0);
+}
+// Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads: sync waits, arrive does not.
+__device__ __forceinline__ void bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
 
 }  // namespace wg
 }  // namespace cuda
