@@ -8,9 +8,11 @@
 // the main pass).  Block rank = ih * chunks + ik: it owns key chunk ik ([ik * Tc, (ik + 1) * Tc),
 // Tc <= 512 keys) and kv-head slice ih (Hkv / (slices * groups) consecutive kv heads, slices =
 // C / chunks).  Per kv head the block streams Q, its chunk's K tiles, then its V tiles through one
-// cp.async ring (items of 64 x D; it keeps prefetching across heads and cluster barriers), and
-//   A: S = Q K^T (log2 domain, masked keys -inf) into shared memory (float32, 32 x Tc), with online
-//      per-row (max, sum) per warp;
+// cp.async ring (items of 64 x D, 128 KB: 7 / 15 items in flight at D = 128 / 64; it keeps
+// prefetching across heads and cluster barriers), and
+//   A: S = Q K^T (log2 domain, masked keys -inf) kept in registers (each thread its 2 rows x 4 keys
+//      of every tile: the tile loops unroll over the <= 8 tiles of a chunk), with online per-row
+//      (max, sum) per warp;
 //   stats: the warps' (max, sum) merged per row; with chunks > 1 published to the peers of the
 //      same head slice, cluster barrier, merged over the chunks through distributed shared memory;
 //   B: P = exp2(S - m) / l, added into a per-block accumulator (32 x Tc float32, persistent over
