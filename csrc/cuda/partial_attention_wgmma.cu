@@ -1,9 +1,10 @@
-// wgmma (sm_90a) main pass of dllm_core::partial_attention for 128-row tiles: same contract, grid,
-// key splits and epilogue as attn_main_kernel (partial_attention.cu), picked by plan.mma == 1.
+// wgmma (sm_90a) main pass of dllm_core::partial_attention for 128-row tiles: same contract, work
+// units, key splits and epilogue as attn_main_kernel (partial_attention.cu), picked by plan.mma == 1.
 //
-// FlashAttention-3's recipe.  A block (384 threads = three warpgroups) owns 128 rows of one (batch, kv
-// head) -- with GQA a row is a (query row, head of the group) pair, so one K/V tile serves the whole
-// group.  Warp specialisation: warpgroup 0 is the producer (setmaxnreg.dec to kProducerRegs): it copies
+// FlashAttention-3's recipe.  A work unit is 128 rows of one (batch, kv head) and split -- with GQA a row
+// is a (query row, head of the group) pair, so one K/V tile serves the whole group.  The grid is
+// persistent (kPersistent): a block (384 threads = three warpgroups) runs units blockIdx.x + i gridDim.x,
+// its producer running ahead across unit boundaries (next Q and K/V tiles land under the epilogue).  Warp specialisation: warpgroup 0 is the producer (setmaxnreg.dec to kProducerRegs): it copies
 // Q and then 128-key K/V tiles with cp.async into a ring of kWgStages stages; each thread's
 // cp.async.mbarrier.arrive.noinc completes the stage's "full" mbarrier once its copies landed.
 // Warpgroups 1 and 2 are consumers (setmaxnreg.inc to kConsumerRegs) of 64 rows each: they wait on
@@ -20,7 +21,9 @@
 //     wait for P_{i-1} V_{i-1};  release stage i - 1;  P_i = S_i packed to 16 bits
 // so the softmax of S_i runs under P_{i-1} V_{i-1}.  Ping-pong (named barriers 1 and 2, 256 threads):
 // the two consumers issue their GEMMs in turn, so one's softmax overlaps the other's GEMMs; consumer 1
-// starts with an arrival for consumer 0 and skips its last one (every bar.sync meets one bar.arrive).
+// starts with an arrival for consumer 0, matched by consumer 0's last bar.sync after its final unit
+// (every bar.sync meets one bar.arrive).  Across units: the ring's tile counter and the Q buffer's phase
+// run on; Q's hand-off has its own mbarriers (q_full, q_empty: released after the unit's last S = Q K^T).
 //
 // Keys: the split's range [key_begin, key_end) (tiles_per_split counts 64-key tiles; a split may end
 // inside a 128-key tile) is covered by ceil(len / 128) tiles; keys past key_end are zero-filled and -inf.
