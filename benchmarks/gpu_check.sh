@@ -59,8 +59,8 @@ if command -v compute-sanitizer > /dev/null; then
   SECONDS=0
   timeout 150 compute-sanitizer --tool memcheck --print-limit 5 python3 -c "$SAN" 2>&1 | tail -8
   echo "memcheck ${SECONDS}s"
-  SECONDS=0  # the same calls with the wgmma main pass where it applies (70 rows per kv head)
-  DLLM_CORE_ATTN_MMA=wgmma timeout 150 compute-sanitizer --tool memcheck --print-limit 5 python3 -c "$SAN" 2>&1 | tail -8
+  SECONDS=0  # the same calls with the wgmma main pass where it applies (70 rows per kv head), 2 persistent blocks
+  DLLM_CORE_ATTN_MMA=wgmma DLLM_CORE_ATTN_WGMMA_GRID=2 timeout 150 compute-sanitizer --tool memcheck --print-limit 5 python3 -c "$SAN" 2>&1 | tail -8
   echo "memcheck (DLLM_CORE_ATTN_MMA=wgmma) ${SECONDS}s"
 fi
 } 2>&1 | tee "$OUT/log.txt"

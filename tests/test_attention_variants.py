@@ -6,8 +6,9 @@ probability-pass row tile (32 or 64) and kv-head slices, or, with probabilities 
 per kv head, the fused single-read variant (thread-block clusters: key chunks x kv-head slices, and
 clusters per batch).  The environment variables ``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``,
 ``..._SPLITS``, ``..._PROBS_ROWS``, ``..._HEAD_SLICES``, ``..._PROBS_FUSED`` (0/1),
-``..._PROBS_FUSED_CHUNKS`` and ``..._PROBS_FUSED_GROUPS`` override those choices, and ``..._MMA=wgmma``
-the main pass's MMA flavour (read at every call), so each variant runs on every shape here, including
+``..._PROBS_FUSED_CHUNKS`` and ``..._PROBS_FUSED_GROUPS`` override those choices, ``..._MMA=wgmma/sync``
+the main pass's MMA flavour (the automatic plan takes wgmma for 128-row tiles on sm_90a) and
+``..._WGMMA_GRID`` caps the wgmma pass's persistent grid (read at every call), so each variant runs on every shape here, including
 shapes its automatic choice never sees;
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a
 TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_PROBS_FUSED",
-       "DLLM_CORE_ATTN_PROBS_FUSED_CHUNKS", "DLLM_CORE_ATTN_PROBS_FUSED_GROUPS")
+       "DLLM_CORE_ATTN_PROBS_FUSED_CHUNKS", "DLLM_CORE_ATTN_PROBS_FUSED_GROUPS", "DLLM_CORE_ATTN_WGMMA_GRID")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
@@ -260,9 +261,41 @@ def test_wgmma_fully_masked_row(capfd, monkeypatch, shape, splits):
         _check((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), dtype, True)
 
 
+# Persistent grid: DLLM_CORE_ATTN_WGMMA_GRID caps it, so each block runs many work units in a row (the
+# ring's and Q's mbarrier phases, the ping-pong barriers and the per-unit state carry across units):
+# units of different lengths (a short last split), several row tiles, GQA, D = 64, a fully masked batch row.
+@pytest.mark.parametrize("grid", ["1", "3", "7"], ids=lambda g: f"grid={g}")
+@pytest.mark.parametrize("shape,splits", [
+    ((3, 130, 4, 4, 128, 515), None),   # 24 units of 5 tiles (2 row tiles each)
+    ((3, 130, 4, 4, 128, 515), "3"),    # 72 units: splits of 2 / 2 / 1 128-key tiles
+    ((2, 19, 28, 4, 128, 1000), "5"),   # group 7: 2 row tiles, 80 units
+    ((4, 70, 4, 4, 64, 130), None),     # D = 64, 2-tile units
+    ((5, 40, 8, 4, 128, 37), None),     # 1-tile units (Q released right after its only S)
+], ids=str)
+def test_wgmma_persistent_units(capfd, monkeypatch, shape, splits, grid):
+    if splits:
+        monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
+    _force_wgmma(capfd, monkeypatch, shape)
+    monkeypatch.setenv("DLLM_CORE_ATTN_WGMMA_GRID", grid)
+    for i, dtype in enumerate((torch.bfloat16, torch.float16)):
+        for return_probs in (False, True):
+            _run_and_check(shape, dtype, return_probs, strided_q=(i == 1))
+    q, k, v, mask, scale = _inputs(shape, torch.bfloat16)
+    mask[1] = False
+    out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
+    ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
+    assert out[1].isnan().all() and probs[1].isnan().all()
+    keep = [0] + list(range(2, shape[0]))
+    _check((out[keep], probs[keep]), (ref_out[keep], ref_probs[keep]), torch.bfloat16, True)
+
+
 def test_wgmma_plan_override(capfd, monkeypatch):
-    """DLLM_CORE_ATTN_MMA: =sync (and no wgmma-capable device) keep mma.sync; =wgmma takes only row tiles
-    of more than 64 rows (forced ROWS=128 included) and records mma=1 with its fixed 3-stage ring (128-key stages)."""
+    """DLLM_CORE_ATTN_MMA: unset, the plan takes wgmma for 128-row tiles on a wgmma-capable device;
+    =sync (and no wgmma-capable device) keep mma.sync; =wgmma takes only row tiles of more than 64 rows
+    (forced ROWS=128 included) and records mma=1 with its fixed 3-stage ring (128-key stages)."""
+    auto = _plan(capfd, monkeypatch, (1, 128, 4, 4, 128, 300), False)
+    assert (auto["mma"], auto["rows"]) == ((1, 128) if _wgmma_device() else (0, 128))
+    assert _plan(capfd, monkeypatch, (1, 64, 4, 4, 128, 300), False)["mma"] == 0  # 64-row tile: mma.sync
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
     assert _plan(capfd, monkeypatch, (1, 128, 4, 4, 128, 300), False)["mma"] == 0
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "wgmma")

@@ -1,9 +1,10 @@
-// wgmma (sm_90a) main pass of dllm_core::partial_attention for 128-row tiles: same contract, grid,
-// key splits and epilogue as attn_main_kernel (partial_attention.cu), picked by plan.mma == 1.
+// wgmma (sm_90a) main pass of dllm_core::partial_attention for 128-row tiles: same contract, work
+// units, key splits and epilogue as attn_main_kernel (partial_attention.cu), picked by plan.mma == 1.
 //
-// FlashAttention-3's recipe.  A block (384 threads = three warpgroups) owns 128 rows of one (batch, kv
-// head) -- with GQA a row is a (query row, head of the group) pair, so one K/V tile serves the whole
-// group.  Warp specialisation: warpgroup 0 is the producer (setmaxnreg.dec to kProducerRegs): it copies
+// FlashAttention-3's recipe.  A work unit is 128 rows of one (batch, kv head) and split -- with GQA a row
+// is a (query row, head of the group) pair, so one K/V tile serves the whole group.  The grid is
+// persistent (kPersistent): a block (384 threads = three warpgroups) runs units blockIdx.x + i gridDim.x,
+// its producer running ahead across unit boundaries (next Q and K/V tiles land under the epilogue).  Warp specialisation: warpgroup 0 is the producer (setmaxnreg.dec to kProducerRegs): it copies
 // Q and then 128-key K/V tiles with cp.async into a ring of kWgStages stages; each thread's
 // cp.async.mbarrier.arrive.noinc completes the stage's "full" mbarrier once its copies landed.
 // Warpgroups 1 and 2 are consumers (setmaxnreg.inc to kConsumerRegs) of 64 rows each: they wait on
@@ -20,12 +21,18 @@
 //     wait for P_{i-1} V_{i-1};  release stage i - 1;  P_i = S_i packed to 16 bits
 // so the softmax of S_i runs under P_{i-1} V_{i-1}.  Ping-pong (named barriers 1 and 2, 256 threads):
 // the two consumers issue their GEMMs in turn, so one's softmax overlaps the other's GEMMs; consumer 1
-// starts with an arrival for consumer 0 and skips its last one (every bar.sync meets one bar.arrive).
+// starts with an arrival for consumer 0, matched by consumer 0's last bar.sync after its final unit
+// (every bar.sync meets one bar.arrive).  Across units: the ring's tile counter and the Q buffer's phase
+// run on; Q's hand-off has its own mbarriers (q_full, q_empty: released after the unit's last S = Q K^T).
 //
 // Keys: the split's range [key_begin, key_end) (tiles_per_split counts 64-key tiles; a split may end
 // inside a 128-key tile) is covered by ceil(len / 128) tiles; keys past key_end are zero-filled and -inf.
 // Only the sm_90a image has the kernel; elsewhere (compute_90 PTX, other targets) its body traps, and
 // wgmma_available() refuses such images (see there), so the plan never picks it on them.
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
 
 #include "attention_tiles.cuh"
 #include "wgmma.cuh"
@@ -35,14 +42,17 @@ namespace cuda {
 namespace {
 
 constexpr int kWgThreads = 384, kWgRows = 128, kWgKeys = 128, kWgStages = 3;
+// kPersistent: grid = min(SMs, work units), each block loops over units (see launch_wgmma); false = one
+// block per unit (round 2's grid).  Same kernel either way.
+constexpr bool kPersistent = true;
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 128 x 40 + 256 x 232 <= 64 K registers
 static_assert(kWgKeys % kBlockN == 0 && 128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "budgets");
 
 template <int D>
 struct WgConfig {
   static constexpr uint32_t kQBytes = kWgRows * D * 2, kTileBytes = kWgKeys * D * 2;  // K or V of a stage
-  static constexpr uint32_t kBarOffset = kQBytes + 2 * kWgStages * kTileBytes;       // full[S], empty[S]
-  static constexpr size_t kSmem = kBarOffset + 16 * kWgStages + 1024;  // + slack for the 1024-alignment
+  static constexpr uint32_t kBarOffset = kQBytes + 2 * kWgStages * kTileBytes;  // full[S], empty[S], q_full, q_empty
+  static constexpr size_t kSmem = kBarOffset + 16 * kWgStages + 16 + 1024;  // + slack for the 1024-alignment
   static_assert(D == 64 || D == 128, "head dim");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
 };
@@ -86,181 +96,256 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], const uint32_t (&va
 }
 #endif
 
+// Work units: (batch x kv head, split, 128-row tile), the row tile fastest (blocks next to each other
+// share K/V through L2).  unit_at decodes one; count = its 128-key tiles (0: nothing to do).
+struct WgGrid {
+  int tiles_per_split, splits, row_tiles, units;
+};
+struct WgUnit {
+  int b, g, m0, split, key_begin, key_end, count;
+};
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ WgUnit unit_at(const AttentionParams& p, const WgGrid& w, int u) {
+  WgUnit un;
+  const int rest = u / w.row_tiles, bg = rest / w.splits;
+  un.m0 = (u - rest * w.row_tiles) * kWgRows, un.split = rest - bg * w.splits;
+  un.b = bg / p.Hkv, un.g = bg - un.b * p.Hkv;
+  un.key_begin = un.split * w.tiles_per_split * kBlockN;
+  un.key_end = min(p.T, un.key_begin + w.tiles_per_split * kBlockN);
+  un.count = un.key_end > un.key_begin ? (un.key_end - un.key_begin + kWgKeys - 1) / kWgKeys : 0;
+  return un;
+}
+#endif
+
 template <typename T, int D>
-__global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionParams p, int tiles_per_split) {
+__global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionParams p, WgGrid w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = WgConfig<D>;
   extern __shared__ unsigned char smem[];
   const uint32_t sQ = (smem_addr(smem) + 1023u) & ~1023u;  // Q: 128 rows; then stage s: K, V (128 rows each)
   const uint32_t sKV = sQ + Cfg::kQBytes, bars = sQ + Cfg::kBarOffset;
-  auto full = [&](int st) { return bars + 8 * st; };
-  auto empty = [&](int st) { return bars + 8 * (kWgStages + st); };
+  auto full = [&](uint32_t st) { return bars + 8 * st; };
+  auto empty = [&](uint32_t st) { return bars + 8 * (kWgStages + st); };
+  const uint32_t q_full = bars + 16 * kWgStages, q_empty = q_full + 8;
   const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31;
-  const int b = blockIdx.z / p.Hkv, g = blockIdx.z % p.Hkv, split = blockIdx.y;
-  const int group = p.H / p.Hkv, M = p.n * group, m0 = blockIdx.x * kWgRows;
-  const int key_begin = split * tiles_per_split * kBlockN, key_end = min(p.T, key_begin + tiles_per_split * kBlockN);
-  const int count = key_end > key_begin ? (key_end - key_begin + kWgKeys - 1) / kWgKeys : 0;
+  const int group = p.H / p.Hkv, M = p.n * group;
 
   if (threadIdx.x == 0) {
     for (int st = 0; st < kWgStages; ++st) wg::mbar_init(full(st), 128), wg::mbar_init(empty(st), 8);
+    wg::mbar_init(q_full, 128), wg::mbar_init(q_empty, 8);
   }
   __syncthreads();  // the barriers' init, before any thread uses them
 
-  if (wg == 0) {  // ---- producer: Q, then the K/V tiles through the ring
+  // Ring bookkeeping runs on across units: gt counts the block's K/V tiles so far (stage gt % S, phase
+  // gt / S), qi its units with tiles (Q buffer phase qi).
+  if (wg == 0) {  // ---- producer: per unit K/V tile 0, Q (once the consumers released the last one), the rest
     wg::setmaxnreg_dec<kProducerRegs>();
-    if (count > 0) {
-      const T* q = static_cast<const T*>(p.q);
-      const T* kbase = static_cast<const T*>(p.k) + b * p.k_s[0] + g * p.k_s[2];
-      const T* vbase = static_cast<const T*>(p.v) + b * p.v_s[0] + g * p.v_s[2];
-      const T* qb = q + b * p.q_s[0] + (g * group) * p.q_s[2];
-      auto q_row = [&](int r) { const int m = m0 + r; return qb + (m / group) * p.q_s[1] + (m % group) * p.q_s[2]; };
-      wg::load_tile<D, kWgRows, 128>(sQ, q_row, M - m0, q);  // lands with tile 0 (same arrival)
-      for (int i = 0; i < count; ++i) {
-        const int st = i % kWgStages, t0 = key_begin + i * kWgKeys, valid = min(kWgKeys, key_end - t0);
-        if (i >= kWgStages) wg::mbar_wait(empty(st), (i / kWgStages - 1) & 1);  // tile i - S released
+    uint32_t gt = 0, qi = 0;
+    for (int u = blockIdx.x; u < w.units; u += gridDim.x) {
+      const WgUnit un = unit_at(p, w, u);
+      auto load_kv = [&](int i) {  // tile i of the unit -> stage gt % S, once tile gt - S was released
+        const uint32_t st = gt % kWgStages;
+        const int t0 = un.key_begin + i * kWgKeys, valid = min(kWgKeys, un.key_end - t0);
+        if (gt >= kWgStages) wg::mbar_wait(empty(st), (gt / kWgStages - 1) & 1);
         const uint32_t dst = sKV + 2 * st * Cfg::kTileBytes;
+        const T* kbase = static_cast<const T*>(p.k) + un.b * p.k_s[0] + un.g * p.k_s[2];
+        const T* vbase = static_cast<const T*>(p.v) + un.b * p.v_s[0] + un.g * p.v_s[2];
         const T* kt = kbase + t0 * p.k_s[1];
         const T* vt = vbase + t0 * p.v_s[1];
         wg::load_tile<D, kWgKeys, 128>(dst, [&](int r) { return kt + r * p.k_s[1]; }, valid, kbase);
         wg::load_tile<D, kWgKeys, 128>(dst + Cfg::kTileBytes, [&](int r) { return vt + r * p.v_s[1]; }, valid, vbase);
         wg::cp_async_arrive_noinc(full(st));
+        ++gt;
+      };
+      if (un.count == 0) continue;
+      load_kv(0);
+      {  // Q after tile 0: the wait for the previous unit's Q release does not hold up tile 0
+        const T* q = static_cast<const T*>(p.q);
+        const T* qb = q + un.b * p.q_s[0] + (un.g * group) * p.q_s[2];
+        const int m0 = un.m0;
+        auto q_row = [&](int r) { const int m = m0 + r; return qb + (m / group) * p.q_s[1] + (m % group) * p.q_s[2]; };
+        if (qi > 0) wg::mbar_wait(q_empty, (qi - 1) & 1);
+        wg::load_tile<D, kWgRows, 128>(sQ, q_row, M - m0, q);
+        wg::cp_async_arrive_noinc(q_full);
+        ++qi;
       }
+      for (int i = 1; i < un.count; ++i) load_kv(i);
     }
     cp_async_wait<0>();  // no copy outlives its thread
   } else {  // ---- consumers: 64 rows each
     wg::setmaxnreg_inc<kConsumerRegs>();
     const int cw = wg - 1, warp = (threadIdx.x >> 5) & 3;
-    const bool* mask = p.mask + b * p.mask_s0;
     const float scale_log2 = p.scale * kLog2e;
     // Ping-pong: consumer c issues its GEMMs after bar.sync(1 + c) and lets the other go with
-    // bar.arrive(2 - c); consumer 1 opens with an arrival for consumer 0 and skips its very last one.
+    // bar.arrive(2 - c); consumer 1 opens with an arrival for consumer 0, which consumer 0 matches with
+    // one last bar.sync after its final unit (every bar.sync meets one bar.arrive, however many units).
     auto sched_sync = [&]() { if constexpr (kPingPong) wg::bar_sync(1 + cw, 256); };
-    auto sched_arrive = [&](bool last) { if constexpr (kPingPong) if (cw == 0 || !last) wg::bar_arrive(2 - cw, 256); };
-    // Attendable keys of tile i, loaded before the full wait: lane l reads keys 64 h + 2 l + e of the
-    // tile; bit 4 j of valid[2 h + e] >> (lane % 4) is this thread's column e of key block j of half h.
-    auto key_bits = [&](int i, uint32_t (&valid)[4]) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int t = key_begin + i * kWgKeys + 64 * h + 2 * lane;
-        const bool k0 = t < key_end && mask[t], k1 = t + 1 < key_end && mask[t + 1];
-        valid[2 * h] = __ballot_sync(0xffffffffu, k0) >> (lane & 3);
-        valid[2 * h + 1] = __ballot_sync(0xffffffffu, k1) >> (lane & 3);
-      }
-    };
-    auto k_tile = [&](int i) { return sKV + 2 * (i % kWgStages) * Cfg::kTileBytes; };
-    auto release = [&](int i) { if (lane == 0) wg::mbar_arrive(empty(i % kWgStages)); };
-
-    float o[D / 2], s[64], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f}, alpha[2] = {1.f, 1.f};
-    uint32_t pf[32];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 64; ++i) s[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 32; ++i) pf[i] = 0u;
+    auto sched_arrive = [&]() { if constexpr (kPingPong) wg::bar_arrive(2 - cw, 256); };
+    auto k_tile = [&](uint32_t t) { return sKV + 2 * (t % kWgStages) * Cfg::kTileBytes; };
+    auto release = [&](uint32_t t) { if (lane == 0) wg::mbar_arrive(empty(t % kWgStages)); };
     const uint32_t q_wg = sQ + cw * 64 * 128;  // this warpgroup's rows (column block 0)
-    auto rescale_o = [&]() {
-#pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[4 * dn + e] *= alpha[e >> 1];
-    };
+    if (kPingPong && cw == 1) wg::bar_arrive(1, 256);  // consumer 0 goes first
+    uint32_t gt = 0, qi = 0;
 
-    if (count > 0) {
-      if (kPingPong && cw == 1) wg::bar_arrive(1, 256);  // consumer 0 goes first
-      uint32_t valid[4];
-      key_bits(0, valid);
-      wg::mbar_wait(full(0), 0);
-      wg::fence_proxy_async();
-      sched_sync();
-      wg::pin(s);
-      wg::fence();
-      wg::qk<T, D, kWgRows, kWgKeys>(s, q_wg, k_tile(0));
-      wg::commit();
-      sched_arrive(false);
-      wg::wait<0>();
-      wg::pin(s);
-      softmax_tile(s, valid, scale_log2, m_run, l_run, alpha);
-      wg::pack_p<T, kWgKeys>(pf, s);
+    for (int u = blockIdx.x; u < w.units; u += gridDim.x) {
+      const WgUnit un = unit_at(p, w, u);
+      const bool* mask = p.mask + un.b * p.mask_s0;
+      // Attendable keys of tile i, loaded before the full wait: lane l reads keys 64 h + 2 l + e of the
+      // tile; bit 4 j of valid[2 h + e] >> (lane % 4) is this thread's column e of key block j of half h.
+      auto key_bits = [&](int i, uint32_t (&valid)[4]) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int t = un.key_begin + i * kWgKeys + 64 * h + 2 * lane;
+          const bool k0 = t < un.key_end && mask[t], k1 = t + 1 < un.key_end && mask[t + 1];
+          valid[2 * h] = __ballot_sync(0xffffffffu, k0) >> (lane & 3);
+          valid[2 * h + 1] = __ballot_sync(0xffffffffu, k1) >> (lane & 3);
+        }
+      };
+      float o[D / 2], s[64], m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f}, alpha[2] = {1.f, 1.f};
+      uint32_t pf[32];
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+      for (int i = 0; i < 64; ++i) s[i] = 0.f;
+#pragma unroll
+      for (int i = 0; i < 32; ++i) pf[i] = 0u;
+      auto rescale_o = [&]() {
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[4 * dn + e] *= alpha[e >> 1];
+      };
 
-      for (int i = 1; i < count; ++i) {
-        key_bits(i, valid);
-        wg::mbar_wait(full(i % kWgStages), (i / kWgStages) & 1);
+      const int count = un.count;
+      if (count > 0) {
+        const uint32_t g0 = gt;  // the block's index of this unit's tile 0
+        uint32_t valid[4];
+        key_bits(0, valid);
+        wg::mbar_wait(q_full, qi & 1);
+        wg::mbar_wait(full(g0 % kWgStages), (g0 / kWgStages) & 1);
         wg::fence_proxy_async();
         sched_sync();
-        wg::pin(s), wg::pin(o), wg::pin(pf);
-        wg::fence();
-        wg::qk<T, D, kWgRows, kWgKeys>(s, q_wg, k_tile(i));
-        wg::commit();
-        rescale_o();  // by alpha_{i-1}: no P V in flight
-        wg::pin(o);
-        wg::fence();
-        wg::pv<T, D, kWgKeys>(o, pf, k_tile(i - 1) + Cfg::kTileBytes);
-        wg::commit();
-        sched_arrive(false);
-        wg::wait<1>();  // S_i landed; P_{i-1} V_{i-1} runs on under the softmax
         wg::pin(s);
-        softmax_tile(s, valid, scale_log2, m_run, l_run, alpha);
-        // A basic-block boundary (a wait on full(i), complete since the top of the iteration: a loop)
-        // keeps ptxas from hoisting the next wait above the exponentials (it did, serialising them).
-        wg::mbar_wait(full(i % kWgStages), (i / kWgStages) & 1);
+        wg::fence();
+        wg::qk<T, D, kWgRows, kWgKeys>(s, q_wg, k_tile(g0));
+        wg::commit();
+        sched_arrive();
         wg::wait<0>();
-        wg::pin(o), wg::pin(pf), wg::pin(s);
-        release(i - 1);
+        wg::pin(s);
+        if (count == 1 && lane == 0) wg::mbar_arrive(q_empty);  // last read of Q done
+        softmax_tile(s, valid, scale_log2, m_run, l_run, alpha);
         wg::pack_p<T, kWgKeys>(pf, s);
-      }
-      // The last tile's P V.
-      rescale_o();
-      sched_sync();
-      wg::pin(o), wg::pin(pf);
-      wg::fence();
-      wg::pv<T, D, kWgKeys>(o, pf, k_tile(count - 1) + Cfg::kTileBytes);
-      wg::commit();
-      sched_arrive(true);
-      wg::wait<0>();
-      wg::pin(o);
-    }
 
-    // Epilogue, as attn_main_kernel's: out and the log2-sum-exp, or the split partials.
+        for (int i = 1; i < count; ++i) {
+          const uint32_t t = g0 + i;
+          key_bits(i, valid);
+          wg::mbar_wait(full(t % kWgStages), (t / kWgStages) & 1);
+          wg::fence_proxy_async();
+          sched_sync();
+          wg::pin(s), wg::pin(o), wg::pin(pf);
+          wg::fence();
+          wg::qk<T, D, kWgRows, kWgKeys>(s, q_wg, k_tile(t));
+          wg::commit();
+          rescale_o();  // by alpha_{i-1}: no P V in flight
+          wg::pin(o);
+          wg::fence();
+          wg::pv<T, D, kWgKeys>(o, pf, k_tile(t - 1) + Cfg::kTileBytes);
+          wg::commit();
+          sched_arrive();
+          wg::wait<1>();  // S_i landed; P_{i-1} V_{i-1} runs on under the softmax
+          wg::pin(s);
+          if (i == count - 1 && lane == 0) wg::mbar_arrive(q_empty);  // last read of Q done: reload it
+          softmax_tile(s, valid, scale_log2, m_run, l_run, alpha);
+          // A basic-block boundary (a wait on full(t), complete since the top of the iteration: a loop)
+          // keeps ptxas from hoisting the next wait above the exponentials (it did, serialising them).
+          wg::mbar_wait(full(t % kWgStages), (t / kWgStages) & 1);
+          wg::wait<0>();
+          wg::pin(o), wg::pin(pf), wg::pin(s);
+          release(t - 1);
+          wg::pack_p<T, kWgKeys>(pf, s);
+        }
+        // The last tile's P V.
+        rescale_o();
+        sched_sync();
+        wg::pin(o), wg::pin(pf);
+        wg::fence();
+        wg::pv<T, D, kWgKeys>(o, pf, k_tile(g0 + count - 1) + Cfg::kTileBytes);
+        wg::commit();
+        sched_arrive();
+        wg::wait<0>();
+        wg::pin(o);
+        release(g0 + count - 1);
+        gt = g0 + count, ++qi;
+      }
+
+      // Epilogue, as attn_main_kernel's: out and the log2-sum-exp, or the split partials.  Its stores
+      // run while the producer already fills the ring (and Q) with the next unit.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float l = l_run[r];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int m = m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * r;
-      if (m >= M) continue;
-      const int row = m / group, h = g * group + m % group;
-      const int64_t bhr = (static_cast<int64_t>(b) * p.H + h) * p.n + row;
-      if (gridDim.y == 1) {
-        const float inv = 1.f / l;  // l == 0 (every key masked): NaN, as the reference
-        T* out = static_cast<T*>(p.out) + ((static_cast<int64_t>(b) * p.n + row) * p.H + h) * D + 2 * (lane & 3);
+      for (int r = 0; r < 2; ++r) {
+        float l = l_run[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int m = un.m0 + cw * 64 + warp * 16 + (lane >> 2) + 8 * r;
+        if (m >= M) continue;
+        const int row = m / group, h = un.g * group + m % group;
+        const int64_t bhr = (static_cast<int64_t>(un.b) * p.H + h) * p.n + row;
+        if (w.splits == 1) {
+          const float inv = 1.f / l;  // l == 0 (every key masked): NaN, as the reference
+          T* out = static_cast<T*>(p.out) + ((static_cast<int64_t>(un.b) * p.n + row) * p.H + h) * D + 2 * (lane & 3);
 #pragma unroll
-        for (int dn = 0; dn < D / 8; ++dn)
-          *reinterpret_cast<uint32_t*>(out + dn * 8) = pack2<T>(o[4 * dn + 2 * r] * inv, o[4 * dn + 2 * r + 1] * inv);
-        if (p.lse != nullptr && (lane & 3) == 0) p.lse[bhr] = l > 0.f ? m_run[r] + log2f(l) : -INFINITY;
-      } else {
-        const int64_t part = static_cast<int64_t>(split) * p.B * p.H * p.n + bhr;
-        float* po = p.part_o + part * D + 2 * (lane & 3);
+          for (int dn = 0; dn < D / 8; ++dn)
+            *reinterpret_cast<uint32_t*>(out + dn * 8) = pack2<T>(o[4 * dn + 2 * r] * inv, o[4 * dn + 2 * r + 1] * inv);
+          if (p.lse != nullptr && (lane & 3) == 0) p.lse[bhr] = l > 0.f ? m_run[r] + log2f(l) : -INFINITY;
+        } else {
+          const int64_t part = static_cast<int64_t>(un.split) * p.B * p.H * p.n + bhr;
+          float* po = p.part_o + part * D + 2 * (lane & 3);
 #pragma unroll
-        for (int dn = 0; dn < D / 8; ++dn)
-          *reinterpret_cast<float2*>(po + dn * 8) = make_float2(o[4 * dn + 2 * r], o[4 * dn + 2 * r + 1]);
-        if ((lane & 3) == 0) *reinterpret_cast<float2*>(p.part_ml + part * 2) = make_float2(m_run[r], l);
+          for (int dn = 0; dn < D / 8; ++dn)
+            *reinterpret_cast<float2*>(po + dn * 8) = make_float2(o[4 * dn + 2 * r], o[4 * dn + 2 * r + 1]);
+          if ((lane & 3) == 0) *reinterpret_cast<float2*>(p.part_ml + part * 2) = make_float2(m_run[r], l);
+        }
       }
     }
+    if (kPingPong && cw == 0) wg::bar_sync(1, 256);  // consumer 1's last arrival
   }
 #else
   __trap();  // not an sm_90a image: never launched (wgmma_available)
 #endif
 }
 
+int sm_count() {
+  static int cache[64] = {0};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return (void)cudaGetLastError(), 132;
+  if (cache[device] == 0) {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || v <= 0)
+      (void)cudaGetLastError(), v = 132;
+    cache[device] = v;
+  }
+  return cache[device];
+}
+
+// Persistent grid (kPersistent): min(SMs, units) blocks (1 resident per SM), unit u on block u % grid;
+// DLLM_CORE_ATTN_WGMMA_GRID=k caps the grid at k blocks (tests: many units per block).  Off: one block
+// per unit (round 2's grid, flattened), same kernel.
 template <typename T, int D>
 cudaError_t launch_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   auto kernel = attn_wgmma_kernel<T, D>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WgConfig<D>::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
-  const dim3 grid((M + kWgRows - 1) / kWgRows, plan.splits, p.B * p.Hkv);
-  kernel<<<grid, kWgThreads, WgConfig<D>::kSmem, stream>>>(p, plan.tiles_per_split);
+  WgGrid w{plan.tiles_per_split, plan.splits, (M + kWgRows - 1) / kWgRows, 0};
+  const long units = static_cast<long>(w.row_tiles) * plan.splits * p.B * p.Hkv;
+  if (units <= 0 || units > INT_MAX) return units <= 0 ? cudaSuccess : cudaErrorInvalidValue;
+  w.units = static_cast<int>(units);
+  int blocks = w.units;
+  if (kPersistent) {
+    blocks = std::min(blocks, sm_count());
+    const char* cap = std::getenv("DLLM_CORE_ATTN_WGMMA_GRID");
+    if (cap != nullptr && std::atoi(cap) > 0) blocks = std::min(blocks, std::atoi(cap));
+  }
+  kernel<<<blocks, kWgThreads, WgConfig<D>::kSmem, stream>>>(p, w);
   return cudaGetLastError();
 }
 
