@@ -3,16 +3,14 @@
 // that reads K and V once.  The two-pass path (partial_attention.cu + partial_attention_probs.cu)
 // reads K twice, which bounds it near 3x of the baselines where few rows share a kv head.
 //
-// A thread-block cluster (sm_90) of C blocks owns one batch b and group z of kv heads (grid (C, B,
-// groups)), with all its <= 32 rows per kv head (rows = (query row, head of the group) pairs, as in
-// the main pass).  Block rank = ih * chunks + ik: it owns key chunk ik ([ik * Tc, (ik + 1) * Tc),
-// Tc <= 512 keys) and kv-head slice ih (Hkv / (slices * groups) consecutive kv heads, slices =
-// C / chunks).  Per kv head the block streams Q, its chunk's K tiles, then its V tiles through one
-// cp.async ring (items of 64 x D, 128 KB: 7 / 15 items in flight at D = 128 / 64; it keeps
-// prefetching across heads and cluster barriers), and
-//   A: S = Q K^T (log2 domain, masked keys -inf) kept in registers (each thread its 2 rows x 4 keys
-//      of every tile: the tile loops unroll over the <= 8 tiles of a chunk), with online per-row
-//      (max, sum) per warp;
+// A thread-block cluster (sm_90) of C blocks owns one batch b and all its <= 32 rows per kv head
+// (rows = (query row, head of the group) pairs, as in the main pass).  Block rank = ih * chunks + ik:
+// it owns key chunk ik ([ik * Tc, (ik + 1) * Tc), Tc <= 512 keys) and kv-head slice ih (Hkv / slices
+// consecutive kv heads, slices = C / chunks).  Per kv head: the block streams Q, then its chunk's K
+// tiles, then its V tiles through one cp.async ring (items of 64 x D; the ring keeps prefetching
+// across the head boundaries and the cluster barriers), and
+//   A: S = Q K^T (log2 domain, masked keys -inf) into shared memory (float32, 32 x Tc), with online
+//      per-row (max, sum) per warp;
 //   stats: the warps' (max, sum) merged per row; with chunks > 1 published to the peers of the
 //      same head slice, cluster barrier, merged over the chunks through distributed shared memory;
 //   B: P = exp2(S - m) / l, added into a per-block accumulator (32 x Tc float32, persistent over
@@ -23,8 +21,7 @@
 //      next cluster barrier (waited for after the next head's phase A, so its latency overlaps work)
 //      block ik adds rows [ik * M / chunks, ..) of the chunks' partials and writes them.
 // At the end the blocks of one key chunk add their accumulators (and the group's rows) through
-// distributed shared memory, 1/H, and store their column slice of probs (B, n, T) (groups > 1:
-// atomicAdd into the zeroed output).
+// distributed shared memory, 1/H, and store their column slice of probs (B, n, T).
 // Barriers per head with chunks > 1: two cluster barriers; a block's (max, sum) and partial-output
 // buffers are rewritten only after a barrier that every peer reaches after reading them, so one
 // buffer of each suffices.  Every block runs the same number of heads, so all reach every cluster
@@ -41,31 +38,25 @@ namespace {
 
 constexpr int kWarps = 8, kThreads = kWarps * 32;
 
-// Ring stages: 128 KB of K/V items either way (D = 128: 8 x 16 KB, D = 64: 16 x 8 KB), all but one
-// in flight (112 / 120 KB per SM): at one block per SM the ring depth is what keeps DRAM busy.
-__host__ __device__ constexpr int fused_stages(int D) { return D == 128 ? 8 : 16; }
-
 template <int D>
 struct FusedConfig {
-  static constexpr int kStages = fused_stages(D);
+  static constexpr int kStages = D == 128 ? 4 : 8;  // 64 KB of K/V ring either way (48 / 56 KB in flight)
   static constexpr int kStage = kBlockN * D;        // elements per ring item
   static constexpr int kNdp = D / 64;               // 16-column output blocks per warp in P V
-  static constexpr int kTiles = kFusedMaxChunk / kBlockN;  // 64-key tiles per chunk at most (S registers)
   static_assert(D == 64 || D == 128, "head dims");
   static_assert((kBlockN * D / 8) % kThreads == 0, "even copy split");
 };
 
-// Shared-memory layout in bytes (host: launch size and occupancy; device: carving): each offset is
-// the previous one plus the size of the region its comment names.  S lives in registers.
+// Shared-memory layout in bytes (host: launch size and occupancy; device: carving).
 struct FusedLayout {
-  int p, mlw, ml, acc, o, total;
+  int p, mlw, ml, s, acc, o, total;
   __host__ __device__ FusedLayout(int D, int tc, int chunks) {
-    p = fused_stages(D) * kBlockN * D * 2;     // after the ring
+    p = (D == 128 ? 4 : 8) * kBlockN * D * 2;  // after the ring
     mlw = p + 2 * kFusedRows * kBlockN * 2;    // P tiles, double-buffered
     ml = mlw + 4 * kFusedRows * 8;             // per-quarter (max, sum)
-    acc = ml + kFusedRows * 8;                 // merged (max, sum): read by the peers
-    o = acc + kFusedRows * (tc + 8) * 4;       // probability accumulator (rows padded by 8 floats:
-                                               // conflict-free float2): read by the peers
+    s = ml + kFusedRows * 8;                   // merged (max, sum): read by the peers
+    acc = s + kFusedRows * (tc + 8) * 4;       // S; rows padded by 8 floats: conflict-free float2
+    o = acc + kFusedRows * (tc + 8) * 4;       // probability accumulator: read by the peers
     total = o + (chunks > 1 ? kFusedRows * (D + 8) * 4 : 0);  // partial output: read by the peers
   }
 };
@@ -86,13 +77,14 @@ __device__ __forceinline__ float2 merge_ml(const float2 (&x)[N], int count) {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1) attn_fused_probs_kernel(AttentionParams p, int tc, int chunks) {
   using Cfg = FusedConfig<D>;
-  constexpr int S = Cfg::kStages, kNdp = Cfg::kNdp, kRows = kFusedRows, kTiles = Cfg::kTiles;
+  constexpr int S = Cfg::kStages, kNdp = Cfg::kNdp, kRows = kFusedRows;
   extern __shared__ __align__(128) unsigned char smem[];
   const FusedLayout L(D, tc, chunks);
   T* ring = reinterpret_cast<T*>(smem);
   T* sP = reinterpret_cast<T*>(smem + L.p);
   float2* sMLw = reinterpret_cast<float2*>(smem + L.mlw);
   float2* sML = reinterpret_cast<float2*>(smem + L.ml);
+  float* sS = reinterpret_cast<float*>(smem + L.s);
   float* sAcc = reinterpret_cast<float*>(smem + L.acc);
   float* sO = reinterpret_cast<float*>(smem + L.o);
   const int ld = tc + 8;
@@ -125,7 +117,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fused_probs_kernel(Attention
       load_rows<D, kBlockN, kThreads>(dst, vbase + g * p.v_s[2] + t0 * p.v_s[1], p.v_s[1], p.T - t0);
     }
   };
-#pragma unroll 1
+#pragma unroll
   for (int r = 0; r < S - 1; ++r) {  // one commit group per item, empty ones included
     issue(r);
     cp_async_commit();
@@ -164,17 +156,13 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fused_probs_kernel(Attention
 
   uint32_t qf[D / 16][4];
   float o[2 * kNdp][4];
-  float sr[kTiles][2][4];  // S of this warp's 16 keys per tile ([8-key block][mma C layout]): registers
   for (int i = 0; i < heads; ++i) {
     const int g = g0 + i;
     q_fragments<D>(qf, next(), row0, lane);
 
-    // Phase A: S = Q K^T over the chunk, this warp's 16 keys of each tile (unrolled: S is indexed
-    // by the tile in registers; nt is block-uniform, so every thread calls next() equally often).
+    // Phase A: S = Q K^T over the chunk, this warp's 16 keys of each tile.
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t) {
-      if (t >= nt) break;
+    for (int t = 0; t < nt; ++t) {
       const int kt = k0 + t * kBlockN + 16 * quarter + 2 * (lane & 3);
       bool ok[2][2];  // [8-key block][column parity], read before the wait
 #pragma unroll
@@ -182,9 +170,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fused_probs_kernel(Attention
 #pragma unroll
         for (int e = 0; e < 2; ++e) ok[jb][e] = kt + 8 * jb + e < p.T && mask[kt + 8 * jb + e];
       const T* sK = next();
-      float(&s)[2][4] = sr[t];
-#pragma unroll
-      for (int jb = 0; jb < 2; ++jb) s[jb][0] = s[jb][1] = s[jb][2] = s[jb][3] = 0.f;
+      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t b0, b1, b2, b3;
@@ -207,9 +193,12 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fused_probs_kernel(Attention
         const float m_new = fmaxf(m_run[r], mx[r]), m_use = m_new == -INFINITY ? 0.f : m_new;
         l_run[r] *= fast_exp2(m_run[r] - m_use);
         m_run[r] = m_new;
+        float* srow = sS + (my_row + 8 * r) * ld + t * kBlockN + 16 * quarter + 2 * (lane & 3);
 #pragma unroll
-        for (int jb = 0; jb < 2; ++jb)
+        for (int jb = 0; jb < 2; ++jb) {
           l_run[r] += fast_exp2(s[jb][2 * r] - m_use) + fast_exp2(s[jb][2 * r + 1] - m_use);
+          *reinterpret_cast<float2*>(srow + 8 * jb) = make_float2(s[jb][2 * r], s[jb][2 * r + 1]);
+        }
       }
     }
     // Deferred: the previous head's output, once every chunk has published its partial.
@@ -256,15 +245,15 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fused_probs_kernel(Attention
 
     // Phase B: P of tile t + 1 (this warp's 16 keys: accumulator and the P tile) while P V runs on
     // tile t; the ring barrier of the next item publishes the P tile.
-    auto produce_p = [&](int t, const float(&st)[2][4]) {
+    auto produce_p = [&](int t) {
       T* dst = sP + (t & 1) * kRows * kBlockN;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = my_row + 8 * r, col = t * kBlockN + 16 * quarter + 2 * (lane & 3);
 #pragma unroll
         for (int jb = 0; jb < 2; ++jb) {
-          const float p0 = fast_exp2(st[jb][2 * r] - m_use[r]) * inv_l[r];
-          const float p1 = fast_exp2(st[jb][2 * r + 1] - m_use[r]) * inv_l[r];
+          const float2 sv = *reinterpret_cast<const float2*>(sS + row * ld + col + 8 * jb);
+          const float p0 = fast_exp2(sv.x - m_use[r]) * inv_l[r], p1 = fast_exp2(sv.y - m_use[r]) * inv_l[r];
           float2* acc = reinterpret_cast<float2*>(sAcc + row * ld + col + 8 * jb);
           float2 a = *acc;
           a.x += p0, a.y += p1;
@@ -275,12 +264,10 @@ __global__ void __launch_bounds__(kThreads, 1) attn_fused_probs_kernel(Attention
     };
 #pragma unroll
     for (int d = 0; d < 2 * kNdp; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
-    if (nt > 0) produce_p(0, sr[0]);
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t) {
-      if (t >= nt) break;
+    if (nt > 0) produce_p(0);
+    for (int t = 0; t < nt; ++t) {
       const T* sV = next();
-      if (t + 1 < kTiles && t + 1 < nt) produce_p(t + 1, sr[t + 1 < kTiles ? t + 1 : t]);
+      if (t + 1 < nt) produce_p(t + 1);
       const T* sp = sP + (t & 1) * kRows * kBlockN;
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -407,8 +394,7 @@ int fused_probs_max_clusters(int cluster, int chunks, int T, int device) {
   const size_t smem = FusedLayout(128, tc, chunks).total;  // the larger head dim decides
   auto kernel = attn_fused_probs_kernel<__nv_bfloat16, 128>;
   int clusters = 0;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err == cudaSuccess) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) == cudaSuccess) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(cluster, 1, 1);
     cfg.blockDim = dim3(kThreads, 1, 1);
@@ -420,12 +406,9 @@ int fused_probs_max_clusters(int cluster, int chunks, int T, int device) {
     attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) clusters = 0;
   }
-  if (err != cudaSuccess) {  // not cached (it may be transient), and not left for a later launch check
-    cudaGetLastError();
-    return 0;
-  }
+  cudaGetLastError();  // a failed query must not surface as a later launch's error
   if (slot != nullptr) *slot = clusters + 1;
   return clusters;
 }
