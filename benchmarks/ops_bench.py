@@ -6,9 +6,7 @@
 --quick runs q in {32, 128}, T = 4096, batch 1 and 16 (8 attention shapes); the filters narrow
 the full grid (or the quick one) further.  Every attention row records the launch plan the CUDA
 kernel chose (row tile, MMA flavour (w = wgmma), K/V pipeline stages, key splits, probability-pass tile
-and head slices, or the fused single-read probability kernel's clusters; see
-csrc/cuda/partial_attention.cu), read from its DLLM_CORE_ATTN_TRACE line (DLLM_CORE_ATTN_PROBS_FUSED=0
-times the two passes); DLLM_CORE_ATTN_*
+and head slices; see csrc/cuda/partial_attention.cu), read from its DLLM_CORE_ATTN_TRACE line; DLLM_CORE_ATTN_*
 overrides in the environment apply to the whole run and are recorded in the JSON.
 
 Per-layer shapes of LLaDA-8B (32 q heads, 32 kv heads, D=128) and Dream-7B (28 q / 4 kv heads,
@@ -115,17 +113,12 @@ def attention_plan(q, k, v, mask, scale, return_probs) -> dict:
 
 
 def plan_str(plan: dict) -> str:
-    """Compact plan: main rows(w: wgmma)(xK/V stages)/splits, then the probability pass's rows/head
-    slices (e.g. r64x3 s8 / p32 h1, r128wx3 s1 / p64 h1), or, when the call with probabilities runs the
-    fused single-read kernel instead of both passes, its cluster size, key chunks and clusters per batch
-    (r32x3 s1 / f8 k2 g1; the r/s part then describes only the call without probabilities)."""
+    """Compact plan: main rows(w: wgmma)(xK/V stages)/splits, probability rows/head slices (e.g. r64x3 s8 / p32 h1,
+    r128wx3 s1 / p64 h1)."""
     if not plan:
         return "?"
     wgmma = "w" if plan.get("mma") == 1 else ""
     stages = f"x{plan['stages']}" if "stages" in plan else ""
-    if plan.get("fused_probs", 0) > 0:
-        return (f"r{plan['rows']}{wgmma}{stages} s{plan['splits']} / f{plan['fused_probs']} k{plan['fused_chunks']}"
-                f" g{plan.get('fused_groups', 1)}")
     return f"r{plan['rows']}{wgmma}{stages} s{plan['splits']} / p{plan['probs_rows']} h{plan['head_slices']}"
 
 

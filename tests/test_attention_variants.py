@@ -2,14 +2,12 @@
 
 The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/partial_attention.cu):
 main-pass row tile (32, 64 or 128 rows per block), K/V pipeline depth (2 or 3 stages), key splits,
-probability-pass row tile (32 or 64) and kv-head slices, or, with probabilities and at most 32 rows
-per kv head, the fused single-read variant (thread-block clusters: key chunks x kv-head slices, and
-clusters per batch).  The environment variables ``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``,
-``..._SPLITS``, ``..._PROBS_ROWS``, ``..._HEAD_SLICES``, ``..._PROBS_FUSED`` (0/1),
-``..._PROBS_FUSED_CHUNKS`` and ``..._PROBS_FUSED_GROUPS`` override those choices, ``..._MMA=wgmma/sync``
-the main pass's MMA flavour (the automatic plan takes wgmma for 128-row tiles on sm_90a) and
-``..._WGMMA_GRID`` caps the wgmma pass's persistent grid (read at every call), so each variant runs on every shape here, including
-shapes its automatic choice never sees;
+probability-pass row tile (32 or 64) and kv-head slices.  The environment variables
+``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``, ``..._SPLITS``, ``..._PROBS_ROWS`` and ``..._HEAD_SLICES``
+override those choices, ``..._MMA=wgmma/sync`` the main pass's MMA flavour (the automatic plan takes
+wgmma for 128-row tiles on sm_90a) and ``..._WGMMA_GRID`` caps the wgmma pass's persistent grid (read
+at every call), so each variant runs on every shape here, including shapes its automatic choice never
+sees;
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
 """
@@ -28,8 +26,7 @@ HAS_CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
-       "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_PROBS_FUSED",
-       "DLLM_CORE_ATTN_PROBS_FUSED_CHUNKS", "DLLM_CORE_ATTN_PROBS_FUSED_GROUPS", "DLLM_CORE_ATTN_WGMMA_GRID")
+       "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
@@ -96,7 +93,6 @@ def test_main_pass_variants(monkeypatch, shape, rows, stages, splits):
     """Every main-pass row tile x K/V stages x split choice on every shape, bf16 and fp16, probabilities on/off."""
     if rows or stages:  # the mma.sync variants, also once the automatic plan takes wgmma for 128 rows
         monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED", "0")  # the two passes (the fused variant: below)
     if rows:
         monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
     if stages:
@@ -113,7 +109,6 @@ def test_main_pass_variants(monkeypatch, shape, rows, stages, splits):
 @pytest.mark.parametrize("shape", SHAPES + [(2, 70, 4, 2, 128, 4160)], ids=str)
 def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices):
     """Every probability-pass row tile x head slicing (plain stores / atomics) on every shape."""
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED", "0")
     if probs_rows:
         monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
     if slices:  # a slice count that does not divide Hkv is ignored by the plan (auto)
@@ -126,7 +121,6 @@ def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices):
 @pytest.mark.parametrize("rows,splits", [("32", "1"), ("64", "3"), ("128", "1"), ("128", "3")])
 def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages):
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED", "0")
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", stages)
@@ -311,91 +305,3 @@ def test_wgmma_plan_override(capfd, monkeypatch):
     plan = _plan(capfd, monkeypatch, (1, 32, 4, 4, 128, 300), False)
     assert (plan["mma"], plan["rows"]) == (1, 128)
     _run_and_check((1, 32, 4, 4, 128, 300), torch.bfloat16, True)
-
-
-# ---- fused single-read probability variant (csrc/cuda/partial_attention_fused_probs.cu) ----------
-# Its contract: rows per kv head n * H / Hkv <= 32, T <= 4096.  (n, H, Hkv): MHA q = 32 (LLaDA),
-# group 2 with 14 rows, group 7 with 28 rows (Dream-like heads).
-FUSED_HEADS = [(32, 32, 32), (7, 8, 4), (4, 28, 4)]
-FUSED_T = [1, 37, 64, 130, 515, 1000, 4096]
-
-
-def _fused_run(capfd, shape, dtype, strided_q, masked_row, seed=0):
-    """Runs one call with the trace on; checks the fused variant ran and matches the reference.
-    masked_row: the last batch row has no attendable key (NaN output and probabilities)."""
-    q, k, v, mask, scale = _inputs(shape, dtype, strided_q, seed)
-    if masked_row:
-        mask[-1] = False
-    capfd.readouterr()
-    got = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
-    torch.cuda.synchronize()
-    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("partial_attention plan:")]
-    assert lines, "no plan trace printed (DLLM_CORE_ATTN_TRACE)"
-    plan = {key: int(val) for key, val in re.findall(r"(\w+)=(-?\d+)", lines[-1])}
-    assert plan["fused_probs"] > 0, f"the fused variant did not run: {lines[-1]}"
-    want = partial_attention_reference(q, k, v, mask, scale, True)
-    if masked_row:
-        assert got[0][-1].isnan().all() and got[1][-1].isnan().all()
-        got, want = (got[0][:-1], got[1][:-1]), (want[0][:-1], want[1][:-1])
-    _check(got, want, dtype, True)
-    return plan
-
-
-@pytest.mark.parametrize("T", FUSED_T)
-@pytest.mark.parametrize("heads", FUSED_HEADS, ids=lambda h: "n{}_H{}_Hkv{}".format(*h))
-def test_fused_probs(capfd, monkeypatch, heads, T):
-    """The fused variant, forced, with its automatic chunks / groups: bf16 and fp16, D 64 and 128,
-    strided q, ragged masks (random, short prefix) and a fully masked batch row."""
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED", "1")
-    monkeypatch.setenv("DLLM_CORE_ATTN_TRACE", "1")
-    n, H, Hkv = heads
-    for i, (dtype, D) in enumerate([(torch.bfloat16, 128), (torch.float16, 64), (torch.float16, 128),
-                                    (torch.bfloat16, 64)]):
-        _fused_run(capfd, (3, n, H, Hkv, D, T), dtype, strided_q=i % 2 == 1, masked_row=i < 2, seed=i)
-
-
-# (shape, key chunks, clusters per batch): every layout the kernel distinguishes, forced.
-FUSED_LAYOUTS = [
-    ((2, 32, 32, 32, 128, 130), 8, 1),   # chunks 3..7 lie beyond T (blocks without keys)
-    ((2, 32, 32, 32, 128, 130), 3, 2),   # cluster of 6 (2 head slices), 2 clusters per batch: atomics
-    ((2, 32, 32, 32, 64, 1000), 2, 4),   # 4 head slices x 2 chunks, 4 groups, 2 kv heads per block
-    ((2, 32, 32, 32, 128, 4096), 8, 4),  # 8 chunks of 512 keys (the shared-memory maximum), atomics
-    ((2, 7, 8, 4, 64, 515), 8, 2),       # one head slice, 2 groups of 2 kv heads
-    ((2, 7, 8, 4, 128, 515), 3, 2),      # chunks of 192 keys, 1 kv head per block
-    ((2, 4, 28, 4, 128, 1000), 2, 1),    # group 7: cluster 8 = 2 chunks x 4 slices, 1 kv head per block
-    ((2, 4, 28, 4, 128, 1000), 5, 1),    # cluster of 5, all 4 kv heads per block
-    ((3, 1, 32, 1, 128, 700), 7, 1),     # group 32 (one kv head, 32 rows), cluster of 7
-]
-
-
-@pytest.mark.parametrize("shape,chunks,groups", FUSED_LAYOUTS, ids=str)
-def test_fused_probs_layouts(capfd, monkeypatch, shape, chunks, groups):
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED", "1")
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED_CHUNKS", str(chunks))
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED_GROUPS", str(groups))
-    monkeypatch.setenv("DLLM_CORE_ATTN_TRACE", "1")
-    for i, dtype in enumerate((torch.bfloat16, torch.float16)):
-        plan = _fused_run(capfd, shape, dtype, strided_q=i == 1, masked_row=i == 1, seed=i)
-        assert (plan["fused_chunks"], plan["fused_groups"]) == (chunks, groups)
-
-
-def test_fused_probs_plan(capfd, monkeypatch):
-    """The automatic plan takes the fused variant for LLaDA batch 16 q = 32 (where the two passes
-    missed 3x), and keeps the two passes where it does not apply or is switched off."""
-    llada = (16, 32, 32, 32, 128, 1024)
-    plan = _plan(capfd, monkeypatch, llada, True)
-    assert plan["fused_probs"] == 8 and plan["fused_chunks"] == 2, plan
-    assert plan["rows"] == 32  # the plan without probabilities is unchanged
-    monkeypatch.setenv("DLLM_CORE_ATTN_TRACE", "1")
-    _fused_run(capfd, llada, torch.bfloat16, strided_q=False, masked_row=True)
-    assert _plan(capfd, monkeypatch, llada, False)["fused_probs"] == 0  # no probabilities
-    assert _plan(capfd, monkeypatch, (16, 64, 32, 32, 128, 1024), True)["fused_probs"] == 0  # 64 rows
-    assert _plan(capfd, monkeypatch, (16, 32, 32, 32, 128, 4160), True)["fused_probs"] == 0  # T > 4096
-    assert _plan(capfd, monkeypatch, (1, 32, 32, 32, 128, 1024), True)["fused_probs"] == 0  # 1 batch row
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED", "0")
-    assert _plan(capfd, monkeypatch, llada, True)["fused_probs"] == 0
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED", "1")  # forced where the contract allows, else ignored
-    assert _plan(capfd, monkeypatch, (1, 32, 32, 32, 128, 1024), True)["fused_probs"] > 0
-    assert _plan(capfd, monkeypatch, (2, 33, 4, 4, 128, 130), True)["fused_probs"] == 0
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_FUSED", "2")  # not a value: automatic
-    assert _plan(capfd, monkeypatch, llada, True)["fused_probs"] == 8

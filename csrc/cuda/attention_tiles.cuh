@@ -152,18 +152,5 @@ cudaError_t launch_attention_probs(const AttentionParams& p, const AttentionPlan
 cudaError_t launch_attention_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
 bool wgmma_available(int device);
 
-// Fused single-read probability variant (partial_attention_fused_probs.cu): one thread-block cluster
-// of plan.fused_probs blocks per batch = plan.fused_chunks key chunks x (cluster / chunks) kv-head
-// slices.  Its contract: rows per kv head n * H / Hkv <= kFusedRows, chunk keys <= kFusedMaxChunk,
-// cluster <= kFusedMaxCluster (portable), (cluster / chunks) dividing Hkv.
-constexpr int kFusedRows = 32;
-constexpr int kFusedMaxChunk = 512;
-constexpr int kFusedMaxCluster = 8;
-inline int fused_chunk_keys(int T, int chunks) { return ceil_div(ceil_div(T, chunks), kBlockN) * kBlockN; }
-// Clusters of that size that can be resident at once (cudaOccupancyMaxActiveClusters, bf16 D = 128
-// shared-memory size, cached); 0 when the variant cannot launch.
-int fused_probs_max_clusters(int cluster, int chunks, int T, int device);
-cudaError_t launch_attention_fused_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
-
 }  // namespace cuda
 }  // namespace dllm_core

@@ -133,11 +133,8 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
     return {out, return_probs ? at::empty({B, n, 0}, f32) : at::empty({0}, f32)};
   }
   const auto plan = dc::plan_attention(B, n, H, Hkv, T, return_probs, q.get_device());
-  // Pre-zeroed where kernels add into it with atomics: the probability pass's head slices, the fused
-  // variant's kv-head groups (a single group stores every element).
-  const bool probs_atomic = plan.fused_probs > 0 ? plan.fused_groups > 1 : plan.head_slices > 1;
   at::Tensor probs = !return_probs ? at::empty({0}, f32)
-                     : probs_atomic ? at::zeros({B, n, T}, f32) : at::empty({B, n, T}, f32);
+                     : plan.head_slices > 1 ? at::zeros({B, n, T}, f32) : at::empty({B, n, T}, f32);
   at::Tensor lse = return_probs ? at::empty({B, H, n}, f32) : at::Tensor();
   at::Tensor part_o, part_ml;
   if (plan.splits > 1) {

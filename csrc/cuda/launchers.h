@@ -40,13 +40,6 @@ struct AttentionPlan {
   int probs_rows;       // probability pass: query rows per block, 32 (2 warps) or 64 (4 warps)
   int stages;           // main pass: K/V tiles in the shared-memory ring, 2 (double buffer) or 3; 3 (128-key stages) with mma = 1
   int mma;              // main pass: 0 mma.sync (the row tiles above), 1 wgmma (sm_90a, 128 rows, warp-specialised, fixed 3-stage ring)
-  // With probabilities: > 0 = the fused single-read variant instead of main pass + probability pass:
-  // fused_groups thread-block clusters per batch, each of fused_probs blocks (fused_chunks key chunks
-  // x fused_probs / fused_chunks kv-head slices); the fields above then only describe the plan
-  // without probabilities.
-  int fused_probs;      // cluster size, 0 = two passes
-  int fused_chunks;     // key chunks per cluster (each <= 512 keys)
-  int fused_groups;     // clusters per batch (kv-head groups); > 1: probs pre-zeroed, added with atomics
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous
@@ -54,9 +47,8 @@ struct AttentionParams {
   const void* v;          // (B, T, Hkv, D), strides v_s
   const bool* mask;       // (B, T), row stride mask_s0, column stride 1
   void* out;              // (B, n, H, D) contiguous, q's dtype
-  float* probs;           // (B, n, T) contiguous float32, or null; pre-zeroed when head_slices > 1 (two passes)
-                          // or fused_groups > 1 (fused)
-  float* lse;             // (B, H, n) log2-sum-exp of the scaled scores; needed when probs != null (two passes)
+  float* probs;           // (B, n, T) contiguous float32, or null; pre-zeroed when head_slices > 1
+  float* lse;             // (B, H, n) log2-sum-exp of the scaled scores; needed when probs != null
   float* part_o;          // (splits, B, H, n, D) partial accumulators when splits > 1
   float* part_ml;         // (splits, B, H, n, 2) partial (max, sum) when splits > 1
   int64_t q_s[3], k_s[3], v_s[3], mask_s0;

@@ -1,8 +1,6 @@
 // CUDA main pass of dllm_core::partial_attention (semantics: dllm_core/ops/partial_attention.py),
 // the split combine, the launch plan and the launcher; the probability pass is in
-// partial_attention_probs.cu, the fused single-read probability variant (which replaces both passes
-// where the plan takes it) in partial_attention_fused_probs.cu, the shared tile helpers in
-// attention_tiles.cuh.
+// partial_attention_probs.cu, the shared tile helpers in attention_tiles.cuh.
 //
 // Flash-style, mma.sync m16n8k16, float32 accumulation: a block owns kRows "query rows" of one
 // (batch, kv head); with GQA those rows are (query row, head of the group) pairs, so the K/V tile
@@ -280,7 +278,6 @@ cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cud
 
 template <typename T, int D>
 cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  if (p.probs != nullptr && plan.fused_probs > 0) return launch_attention_fused_probs(p, plan, stream);  // one kernel
   cudaError_t err = plan.mma == 1      ? launch_attention_wgmma(p, plan, stream)
                     : plan.stages == 2 ? launch_rows<T, D, 2>(p, plan, stream)
                     : plan.stages == 3 ? launch_rows<T, D, 3>(p, plan, stream)
@@ -311,7 +308,7 @@ bool attention_supported(DType dtype, int head_dim) {
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 0, 0, 0};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2};
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
   plan.rows = env_int("DLLM_CORE_ATTN_ROWS", M <= 32 ? 32 : M <= 64 ? 64 : 128,
@@ -386,51 +383,12 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
       if (Hkv % s == 0 && pbase * s >= ptarget) { plan.head_slices = s; break; }
     plan.head_slices = env_int("DLLM_CORE_ATTN_HEAD_SLICES", plan.head_slices,
                                [Hkv](int v) { return v >= 1 && v <= Hkv && Hkv % v == 0; });
-    // Fused single-read variant (partial_attention_fused_probs.cu) instead of the two passes, where
-    // its contract allows (rows per kv head M <= 32, T <= 8 chunks of 512 keys) and its clusters fill
-    // the GPU.  With M <= 32 < D the two passes' second read of K outweighs what the fused kernel adds
-    // (cluster barriers, the exchange of partial outputs).  Cluster: the most blocks (key chunks x
-    // kv-head slices dividing Hkv, at most 8, no more chunks than 64-key tiles; fewest chunks on
-    // ties).  Clusters per batch (kv-head groups, <= 8, their probabilities added with atomics): the
-    // fewest that keep the most resident-cluster slots busy over the waves (the number of clusters
-    // that fit at once is queried: 8-block clusters need 8 free SMs of one GPC); taken when that is
-    // >= 4/5 and a full wave covers >= 3/4 of the SMs.  DLLM_CORE_ATTN_PROBS_FUSED: 0 = two passes,
-    // 1 = fused wherever the contract allows; ..._FUSED_CHUNKS and ..._FUSED_GROUPS set those counts.
-    const int fused = env_int("DLLM_CORE_ATTN_PROBS_FUSED", -1, [](int v) { return v == 0 || v == 1; });
-    const int min_chunks = ceil_div(T, kFusedMaxChunk);
-    if (fused != 0 && M <= kFusedRows && min_chunks <= kFusedMaxCluster) {
-      auto slices_for = [Hkv](int chunks) {
-        int s = kFusedMaxCluster / chunks;
-        while (Hkv % s != 0) --s;
-        return s;
-      };
-      int chunks = min_chunks;  // (no chunk without keys: at most one per 64-key tile)
-      for (int c = min_chunks + 1; c <= std::min(kFusedMaxCluster, n_tiles); ++c)
-        if (c * slices_for(c) > chunks * slices_for(chunks)) chunks = c;
-      chunks = env_int("DLLM_CORE_ATTN_PROBS_FUSED_CHUNKS", chunks,
-                       [min_chunks](int v) { return v >= min_chunks && v <= kFusedMaxCluster; });
-      const int cluster = chunks * slices_for(chunks), per_cluster = Hkv / slices_for(chunks);
-      const int resident = fused_probs_max_clusters(cluster, chunks, T, device);
-      if (resident > 0) {
-        auto slots = [B, resident](int g) { return (static_cast<long>(B) * g + resident - 1) / resident * resident; };
-        int groups = 1;  // busy fraction B g / slots(g), compared as cross products
-        for (int g = 2; g <= std::min(8, per_cluster); ++g)
-          if (per_cluster % g == 0 && static_cast<long>(B) * g * slots(groups) > static_cast<long>(B) * groups * slots(g))
-            groups = g;
-        groups = env_int("DLLM_CORE_ATTN_PROBS_FUSED_GROUPS", groups,
-                         [per_cluster](int v) { return v >= 1 && v <= per_cluster && per_cluster % v == 0; });
-        const long work = static_cast<long>(B) * groups;
-        const bool fills = 5 * work >= 4 * slots(groups) && 4 * std::min<long>(work, resident) * cluster >= 3L * sms;
-        if (fused == 1 || fills) plan.fused_probs = cluster, plan.fused_chunks = chunks, plan.fused_groups = groups;
-      }
-    }
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
-                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d mma=%d fused_probs=%d "
-                 "fused_chunks=%d fused_groups=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits,
-                 plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.row_blocks, plan.head_slices, plan.mma,
-                 plan.fused_probs, plan.fused_chunks, plan.fused_groups);
+                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d mma=%d\n", B, n, H, Hkv, T,
+                 plan.rows, plan.stages, plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows,
+                 plan.row_blocks, plan.head_slices, plan.mma);
   return plan;
 }
 
