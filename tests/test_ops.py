@@ -224,6 +224,37 @@ def test_certainty_density_topk_ties_and_completion(device):
     torch.testing.assert_close(scores, ref_scores, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("G", [1000, 4096, 5000, 16384])
+@pytest.mark.parametrize("k", [1, 32, 33, 600, "half+1"])
+def test_certainty_density_topk_large_rows(device, G, k):
+    """Long rows, exact ties and few candidates: the top-k is exactly a stable sort of the op's own scores.
+
+    Covers the CUDA selection paths (one-warp sort for k <= 32, block sort of the selected keys,
+    full sort for k > half the padded row).
+    """
+    _need_kernel("certainty_density_topk", device)
+    k = G // 2 + 1 if k == "half+1" else k
+    g = torch.Generator(device="cpu").manual_seed(G + k)
+    known = torch.zeros(4, G, dtype=torch.bool)
+    candidates = torch.zeros(4, G, dtype=torch.bool)
+    candidates[0, torch.randperm(G, generator=g)[:5]] = True  # few candidates: completed by non-candidates
+    candidates[1, 200:] = True  # density exactly 0 beyond the prompt's reach: all scores tie at 0
+    known[2] = torch.rand(G, generator=g) < 0.3  # quantised confidence: many exact ties
+    candidates[2] = ~known[2]
+    known[3] = torch.rand(G, generator=g) < 0.5
+    candidates[3] = ~known[3] & (torch.rand(G, generator=g) < 0.8)
+    confidence = torch.rand(4, G, generator=g)
+    confidence[2] = (confidence[2] * 4).floor() / 4
+    known, candidates, confidence = known.to(device), candidates.to(device), confidence.to(device)
+    scores, top = torch.ops.dllm_core.certainty_density_topk(known, confidence, candidates, 10.0, k)
+    ref_scores, _ = certainty_density_topk_reference(known, confidence, candidates, 10.0, k)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-6, rtol=1e-5)
+    want = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : min(k, G)]
+    assert top.shape == want.shape and top.dtype == torch.int64
+    assert torch.equal(top, want)
+
+
 # ---- opcheck --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", DEVICES)
