@@ -148,6 +148,9 @@ __device__ __forceinline__ void qk_tile_smem(float (&s)[MT][8][4], const T* sQ, 
 // Probability pass (partial_attention_probs.cu); plan.probs_rows picks its row-tile variant.
 cudaError_t launch_attention_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
 
+// Multiprocessor count of a device (partial_attention.cu; cached).
+int num_sms(int device);
+
 // wgmma main pass (partial_attention_wgmma.cu), plan.mma == 1; wgmma_available: the device can run it.
 cudaError_t launch_attention_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
 bool wgmma_available(int device);

@@ -245,16 +245,6 @@ __global__ void attn_combine_kernel(AttentionParams p, int splits) {
   if (p.lse != nullptr && threadIdx.x == 0) p.lse[bhr] = l > 0.f ? m_max + log2f(l) : -INFINITY;
 }
 
-int num_sms(int device) {
-  static int cache[64] = {0};
-  if (device < 0 || device >= 64) return 132;
-  if (cache[device] == 0) {
-    int v = 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || v <= 0) v = 132;
-    cache[device] = v;
-  }
-  return cache[device];
-}
 
 template <typename T, int D, int WARPS, int MT, int STAGES>
 cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
@@ -302,6 +292,18 @@ int env_int(const char* name, int fallback, Ok ok) {
 }
 
 }  // namespace
+
+// Multiprocessor count of a device (cached; 132 when the query fails).
+int num_sms(int device) {
+  static int cache[64] = {0};
+  if (device < 0 || device >= 64) return 132;
+  if (cache[device] == 0) {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || v <= 0) v = 132;
+    cache[device] = v;
+  }
+  return cache[device];
+}
 
 bool attention_supported(DType dtype, int head_dim) {
   return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (head_dim == 64 || head_dim == 128);

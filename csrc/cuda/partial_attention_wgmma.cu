@@ -313,19 +313,6 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
 #endif
 }
 
-int sm_count() {
-  static int cache[64] = {0};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return (void)cudaGetLastError(), 132;
-  if (cache[device] == 0) {
-    int v = 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || v <= 0)
-      (void)cudaGetLastError(), v = 132;
-    cache[device] = v;
-  }
-  return cache[device];
-}
-
 // Persistent grid (kPersistent): min(SMs, units) blocks (1 resident per SM), unit u on block u % grid;
 // DLLM_CORE_ATTN_WGMMA_GRID=k caps the grid at k blocks (tests: many units per block).  Off: one block
 // per unit (round 2's grid, flattened), same kernel.
@@ -341,7 +328,9 @@ cudaError_t launch_wgmma(const AttentionParams& p, const AttentionPlan& plan, cu
   w.units = static_cast<int>(units);
   int blocks = w.units;
   if (kPersistent) {
-    blocks = std::min(blocks, sm_count());
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) (void)cudaGetLastError(), device = -1;
+    blocks = std::min(blocks, num_sms(device));
     const char* cap = std::getenv("DLLM_CORE_ATTN_WGMMA_GRID");
     if (cap != nullptr && std::atoi(cap) > 0) blocks = std::min(blocks, std::atoi(cap));
   }
