@@ -43,6 +43,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import dllm_core.ops as ops  # noqa: E402
+from dllm_core.graphed_function import capture_graph  # noqa: E402
 
 MODELS = {"LLaDA-8B": (32, 32, 128), "Dream-7B": (28, 4, 128)}
 DT = torch.bfloat16
@@ -55,6 +56,16 @@ def bench_us(fn) -> float:
     return graph_us(fn) if TIMER == "graph" else launch_us(fn)
 
 
+def event_median_us(run, reps: int) -> float:
+    """Median over `reps` calls of `run()` timed with CUDA events, in microseconds."""
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); run(); b.record(); b.synchronize()
+        times.append(1e3 * a.elapsed_time(b))
+    return sorted(times)[reps // 2]
+
+
 def launch_us(fn) -> float:
     """Launch timer: median of triton's do_bench (L2 flushed before every call).  Includes whatever
     host time the call's launches take beyond the flush kernel's ~85 us, so it moves with the host."""
@@ -64,12 +75,7 @@ def launch_us(fn) -> float:
     except ImportError:  # CUDA events, median of 50 after 10 warm-ups
         for _ in range(10):
             fn()
-        times = []
-        for _ in range(50):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); fn(); b.record(); b.synchronize()
-            times.append(1e3 * a.elapsed_time(b))
-        return sorted(times)[len(times) // 2]
+        return event_median_us(fn, 50)
 
 
 _FLUSH: list[torch.Tensor] = []
@@ -77,36 +83,23 @@ _FLUSH: list[torch.Tensor] = []
 
 def graph_us(fn, calls: int = 10, reps: int = 7) -> float:
     """Graph timer: GPU time per call with the L2 cache cold and no host time.  One CUDA graph of
-    `calls` x (256 MB memset, fn) and one of the memsets alone, each replayed `reps` times; the
-    per-call time is the difference of the median replays / calls."""
+    `calls` x (256 MB memset, fn) and one of the memsets alone (each captured by the project's
+    capture_graph: warm-up on a side stream, then capture), each replayed `reps` times; the per-call
+    time is the difference of the median replays / calls."""
     if not _FLUSH:
         _FLUSH.append(torch.empty(256 * 2**20, dtype=torch.int8, device="cuda"))
     flush = _FLUSH[0]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capture (lazy library and plan set-up)
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
 
-    def median_replay(with_fn: bool) -> float:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+    def median_replay(body) -> float:
+        def repeated():
             for _ in range(calls):
                 flush.zero_()
-                if with_fn:
-                    fn()
-        g.replay()
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); g.replay(); b.record(); b.synchronize()
-            times.append(1e3 * a.elapsed_time(b))
-        del g
-        return sorted(times)[reps // 2]
+                body()
+        graph, _ = capture_graph(repeated, torch.cuda.Stream(), warmup=2)
+        graph.replay()
+        return event_median_us(graph.replay, reps)
 
-    return max(0.0, (median_replay(True) - median_replay(False)) / calls)
+    return max(0.0, (median_replay(fn) - median_replay(lambda: None)) / calls)
 
 
 def copy_bandwidth() -> float:
