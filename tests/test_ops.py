@@ -22,19 +22,11 @@ from dllm_core.ops.certainty_density import certainty_density_topk_reference
 from dllm_core.ops.kv_cache_update import kv_cache_update_reference
 from dllm_core.ops.partial_attention import partial_attention_reference
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])]
+from op_kernels import DEVICES, HAS_CUDA, need_kernel, run_error_script
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (atol, rtol) of the attention output and the rotated keys, per dtype; probabilities are float32.
 TOL = {torch.float32: (2e-5, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
-
-
-def _need_kernel(op: str, device: str) -> None:
-    if not ext.loaded():
-        pytest.skip(f"dllm_core._C is not loaded ({ext.extension_status()['error']}); "
-                    "build it with `python setup.py build_ext --inplace`")
-    if not ext.has_kernel(op, device):
-        pytest.skip(f"dllm_core._C has no {device} kernel for {op} (built without CUDA?)")
 
 
 def _key_mask(B: int, T: int, device: str) -> torch.Tensor:
@@ -80,7 +72,7 @@ def _check_attention(got, want, dtype, return_probs):
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=str)
 @pytest.mark.parametrize("return_probs", [False, True])
 def test_partial_attention_compiled(device, dtype, shape, return_probs):
-    _need_kernel("partial_attention", device)
+    need_kernel("partial_attention", device)
     if device == "cuda" and (dtype not in ext.CUDA_ATTENTION_DTYPES or shape[4] not in ext.CUDA_ATTENTION_HEAD_DIMS):
         pytest.skip("outside the CUDA kernel's contract (the wrapper uses the reference)")
     args = _attn_inputs(shape, dtype, device)
@@ -94,7 +86,7 @@ def test_partial_attention_compiled(device, dtype, shape, return_probs):
                                    (4, 64, 32, 32, 128, 300)], ids=str)
 def test_partial_attention_cuda_grids(shape):
     """Shapes that exercise the key splits, several row tiles and the sliced probability pass."""
-    _need_kernel("partial_attention", "cuda")
+    need_kernel("partial_attention", "cuda")
     for dtype in (torch.bfloat16, torch.float16):
         args = _attn_inputs(shape, dtype, "cuda")
         for return_probs in (False, True):
@@ -105,7 +97,7 @@ def test_partial_attention_cuda_grids(shape):
 @pytest.mark.parametrize("device", DEVICES)
 def test_partial_attention_strided_views(device):
     """q sliced out of a fused projection, caches as a prefix of a longer buffer."""
-    _need_kernel("partial_attention", device)
+    need_kernel("partial_attention", device)
     B, n, H, Hkv, D, T = 2, 6, 8, 2, 64, 77
     qkv = torch.randn(B, n, (H + 2 * Hkv) * D, device=device, dtype=torch.bfloat16)
     q = qkv[..., : H * D].view(B, n, H, D)
@@ -118,7 +110,7 @@ def test_partial_attention_strided_views(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_partial_attention_fully_masked_row_is_nan_like_reference(device):
-    _need_kernel("partial_attention", device)
+    need_kernel("partial_attention", device)
     args = list(_attn_inputs((2, 3, 4, 2, 64, 37), torch.bfloat16, device))
     args[3][1] = False
     out, probs = torch.ops.dllm_core.partial_attention(*args, True)
@@ -138,7 +130,7 @@ KV_SHAPES = [  # B, q, T, Hkv, D, theta (D = 12: the CUDA kernel's scalar path)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", KV_SHAPES, ids=str)
 def test_kv_cache_update_compiled(device, dtype, shape):
-    _need_kernel("kv_cache_update", device)
+    need_kernel("kv_cache_update", device)
     B, n, T, Hkv, D, theta = shape
     k_cache = torch.randn(B, T, Hkv, D, device=device).to(dtype)
     v_cache = torch.randn(B, T, Hkv, D, device=device).to(dtype)
@@ -160,17 +152,8 @@ def test_kv_cache_update_compiled(device, dtype, shape):
 def test_kernel_errors_raise(device):
     """Invalid inputs raise RuntimeError.  Run in a subprocess: a C++ exception that crashes the
     interpreter instead (seen once with a foreign toolchain) must fail this test, not the session."""
-    _need_kernel("kv_cache_update", device)
-    code = f"""
-import torch, dllm_core.ops
-dev = "{device}"
-def expect(fn, text):
-    try:
-        fn()
-    except RuntimeError as exc:
-        assert text in str(exc), str(exc)
-        return
-    raise AssertionError("no error raised")
+    need_kernel("kv_cache_update", device)
+    run_error_script(device, """
 c = torch.zeros(1, 8, 1, 4, device=dev)
 x = torch.ones(1, 1, 1, 4, device=dev)
 rows = torch.tensor([[2]], device=dev)
@@ -180,10 +163,7 @@ if dev == "cpu":
 else:
     q = torch.ones(1, 1, 1, 4, device=dev)
     expect(lambda: torch.ops.dllm_core.partial_attention(q, c, c, c[..., 0, 0] > 0, 1.0, False), "bfloat16/float16")
-print("ok")
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0 and "ok" in r.stdout, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+""")
 
 
 # ---- certainty density top-k ----------------------------------------------------------------
@@ -192,7 +172,7 @@ print("ok")
 @pytest.mark.parametrize("G", [1, 37, 130, 515])
 @pytest.mark.parametrize("sigma,k", [(10.0, 32), (2.5, 1), (10.0, 64)])
 def test_certainty_density_topk_compiled(device, G, sigma, k):
-    _need_kernel("certainty_density_topk", device)
+    need_kernel("certainty_density_topk", device)
     B = 4
     known = torch.rand(B, G, device=device) < torch.tensor([0.1, 0.5, 0.9, 0.0], device=device)[:, None]
     known[1, -1] = True  # row 1: the right side counts as known
@@ -210,7 +190,7 @@ def test_certainty_density_topk_compiled(device, G, sigma, k):
 @pytest.mark.parametrize("device", DEVICES)
 def test_certainty_density_topk_ties_and_completion(device):
     """Exact ties go to the lower column; short rows are completed with non-candidates, lowest first."""
-    _need_kernel("certainty_density_topk", device)
+    need_kernel("certainty_density_topk", device)
     G = 300
     known = torch.zeros(2, G, dtype=torch.bool, device=device)
     candidates = torch.zeros(2, G, dtype=torch.bool, device=device)
@@ -233,7 +213,7 @@ def test_certainty_density_topk_large_rows(device, G, k):
     Covers the CUDA selection paths (one-warp sort for k <= 32, block sort of the selected keys,
     full sort for k > half the padded row).
     """
-    _need_kernel("certainty_density_topk", device)
+    need_kernel("certainty_density_topk", device)
     k = G // 2 + 1 if k == "half+1" else k
     g = torch.Generator(device="cpu").manual_seed(G + k)
     known = torch.zeros(4, G, dtype=torch.bool)
@@ -260,7 +240,7 @@ def test_certainty_density_topk_large_rows(device, G, k):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     for op in ext.OPS:
-        _need_kernel(op, device)
+        need_kernel(op, device)
     q, k, v, mask, scale = _attn_inputs((2, 3, 4, 2, 64, 37), torch.bfloat16, device)
     for return_probs in (False, True):
         torch.library.opcheck(torch.ops.dllm_core.partial_attention.default, (q, k, v, mask, scale, return_probs))

@@ -6,27 +6,16 @@ when ``dllm_core._C`` is not built.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import dllm_core.ops as ops
-from dllm_core.ops import extension as ext
 from dllm_core.ops.argmax_confidence import argmax_confidence_reference
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])]
+from op_kernels import DEVICES, need_kernel, run_error_script
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
-
-def _need_kernel(op: str, device: str) -> None:
-    if not ext.loaded():
-        pytest.skip(f"dllm_core._C is not loaded ({ext.extension_status()['error']}); "
-                    "build it with `python setup.py build_ext --inplace`")
-    if not ext.has_kernel(op, device):
-        pytest.skip(f"dllm_core._C has no {device} kernel for {op} (built without CUDA?)")
 
 # (leading dims, V): one row, odd V, V below one 16-byte vector, 3-D and 4-D leading dims, and
 # vocabularies of LLaDA (126464) and Qwen2 / Dream (151936, plus one odd size above it).
@@ -46,7 +35,7 @@ def _check_argmax(got, want, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", ARGMAX_SHAPES, ids=str)
 def test_argmax_confidence_compiled(device, dtype, shape):
-    _need_kernel("argmax_confidence", device)
+    need_kernel("argmax_confidence", device)
     lead, V = shape
     # Scale 4: peaked rows (probabilities near 1) and flat ones; bf16 rounding also makes exact ties.
     scale = torch.rand(*lead, 1, device=device) * 8
@@ -67,7 +56,7 @@ def test_argmax_confidence_compiled(device, dtype, shape):
 def test_argmax_confidence_ties_and_degenerate_rows(device, dtype):
     """Ties -> lowest index (across the scalar head, the vectors, the tail and threads); rows with a
     single finite logit (probability 1); all -inf or excluded (token 0, NaN); NaN and +inf rows."""
-    _need_kernel("argmax_confidence", device)
+    need_kernel("argmax_confidence", device)
     V = 5003
     x = torch.randn(8, V, device=device).clamp(-3, 3)
     x[0, [4999, 1234, 3]] = 10.0       # tie: lowest wins
@@ -95,7 +84,7 @@ def test_argmax_confidence_ties_and_degenerate_rows(device, dtype):
 def test_argmax_confidence_strided_views(device):
     """A graph's slice logits[:, :r] (no copy), rows starting off a 16-byte boundary, and a
     non-contiguous last dim (copied)."""
-    _need_kernel("argmax_confidence", device)
+    need_kernel("argmax_confidence", device)
     for dtype in DTYPES:
         buf = (torch.randn(3, 9, 1003, device=device) * 3).to(dtype)
         for view in (buf[:, :5], buf[:, 2:7, 1:], buf[1, :, 3:1000], buf.transpose(1, 2)[:, :40, :7]):
@@ -106,7 +95,7 @@ def test_argmax_confidence_strided_views(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_argmax_confidence_opcheck(device):
-    _need_kernel("argmax_confidence", device)
+    need_kernel("argmax_confidence", device)
     for dtype in DTYPES:
         logits = torch.randn(2, 3, 37, device=device).to(dtype)
         for exclude in (-1, 5):
@@ -117,25 +106,13 @@ def test_argmax_confidence_opcheck(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_argmax_confidence_errors_raise(device):
     """Bad inputs raise (in a subprocess, like test_kernel_errors_raise)."""
-    _need_kernel("argmax_confidence", device)
-    code = f"""
-import torch, dllm_core.ops
-dev = "{device}"
-def expect(fn, text):
-    try:
-        fn()
-    except RuntimeError as exc:
-        assert text in str(exc), str(exc)
-        return
-    raise AssertionError("no error raised")
+    need_kernel("argmax_confidence", device)
+    run_error_script(device, """
 op = torch.ops.dllm_core.argmax_confidence
 expect(lambda: op(torch.randn(2, 9, device=dev), 9), "not a vocabulary id")
 expect(lambda: op(torch.zeros(2, 9, dtype=torch.int64, device=dev), -1), "float")
 expect(lambda: op(torch.zeros(2, 0, device=dev), -1), "V >= 1")
-print("ok")
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0 and "ok" in r.stdout, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+""")
 
 
 @pytest.mark.parametrize("device", DEVICES)

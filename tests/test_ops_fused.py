@@ -19,23 +19,14 @@ from dllm_core.ops.rms_norm import add_rms_norm_reference, rms_norm_reference
 from dllm_core.ops.rope import apply_rope
 from dllm_core.ops.silu_mul import silu_mul_reference
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
-                                               pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])]
+from op_kernels import DEVICES, need_kernel
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # About one (two for the weight product) units in the last place of each dtype.
 ULP_TOL = {torch.float32: (1e-6, 1e-6), torch.bfloat16: (1e-5, 1.6e-2), torch.float16: (1e-5, 2e-3)}
 # RoPE tolerances: those of tests/test_ops.py's kv_cache_update test (float32 angles at position ~4096).
 ROPE_TOL = {torch.float32: (1e-3, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 HIDDEN = [1, 2, 7, 64, 130, 3584, 4096, 4999]
-
-
-def _need_kernel(op: str, device: str) -> None:
-    if not ext.loaded():
-        pytest.skip(f"dllm_core._C is not loaded ({ext.extension_status()['error']}); "
-                    "build it with `python setup.py build_ext --inplace`")
-    if not ext.has_kernel(op, device):
-        pytest.skip(f"dllm_core._C has no {device} kernel for {op} (built without CUDA?)")
 
 
 def _close_to_reference(got: torch.Tensor, want: torch.Tensor, max_differing: float = 0.01) -> None:
@@ -64,7 +55,7 @@ def _norm_inputs(shape, dtype, device, misaligned=False):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("N", HIDDEN)
 def test_add_rms_norm_compiled(device, dtype, N):
-    _need_kernel("add_rms_norm", device)
+    need_kernel("add_rms_norm", device)
     x, delta, w = _norm_inputs((3, 11, N), dtype, device)
     s, out = torch.ops.dllm_core.add_rms_norm(x, delta, w, 1e-5)
     ref_s, ref_out = add_rms_norm_reference(x, delta, w, 1e-5)
@@ -77,7 +68,7 @@ def test_add_rms_norm_compiled(device, dtype, N):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_rms_norm_layouts(device, dtype):
     """Misaligned rows (the scalar CUDA path), a transposed input, one row, huge and tiny values."""
-    _need_kernel("rms_norm", device)
+    need_kernel("rms_norm", device)
     for N in (4096, 3584, 33):
         x, delta, w = _norm_inputs((5, N), dtype, device, misaligned=True)
         s, out = torch.ops.dllm_core.add_rms_norm(x, delta, w, 1e-5)
@@ -100,7 +91,7 @@ def test_rms_norm_layouts(device, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("inter", [1, 7, 64, 77, 1000, 12288])
 def test_silu_mul_compiled(device, dtype, inter):
-    _need_kernel("silu_mul", device)
+    need_kernel("silu_mul", device)
     gate_up = (3 * torch.randn(2, 5, 2 * inter, device=device)).to(dtype)
     got, want = torch.ops.dllm_core.silu_mul(gate_up), silu_mul_reference(gate_up)
     if device == "cuda":
@@ -135,8 +126,8 @@ def _rotated_like_keys(x: torch.Tensor, positions: torch.Tensor, theta: float) -
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", ROPE_SHAPES, ids=str)
 def test_rope_compiled(device, dtype, shape):
-    _need_kernel("rope", device)
-    _need_kernel("kv_cache_update", device)
+    need_kernel("rope", device)
+    need_kernel("kv_cache_update", device)
     B, n, H, D, theta = shape
     # q sliced from a fused [q; k; v] projection output: strided rows
     qkv = torch.randn(B, n, (H + 4) * D, device=device).to(dtype)
@@ -151,7 +142,7 @@ def test_rope_compiled(device, dtype, shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_rope_unaligned_and_transposed(device):
-    _need_kernel("rope", device)
+    need_kernel("rope", device)
     x = torch.randn(2 * 3 * 4 * 64 + 1, device=device, dtype=torch.bfloat16)[1:].view(2, 3, 4, 64)
     pos = torch.tensor([[0, 7, 4095], [1, 2, 3]], device=device)
     torch.testing.assert_close(torch.ops.dllm_core.rope(x, pos, 1e4).float(), apply_rope(x, pos, 1e4).float(),
@@ -166,7 +157,7 @@ def test_rope_unaligned_and_transposed(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_fused(device):
     for op in ext.FUSED_OPS:
-        _need_kernel(op, device)
+        need_kernel(op, device)
     x, delta, w = _norm_inputs((2, 3, 130), torch.bfloat16, device)
     torch.library.opcheck(torch.ops.dllm_core.rms_norm.default, (x, w, 1e-5))
     torch.library.opcheck(torch.ops.dllm_core.add_rms_norm.default, (x, delta, w, 1e-5))
@@ -178,7 +169,7 @@ def test_opcheck_fused(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_op_errors(device):
-    _need_kernel("rms_norm", device)
+    need_kernel("rms_norm", device)
     x = torch.randn(2, 8, device=device)
     with pytest.raises(RuntimeError, match="weight must be"):
         torch.ops.dllm_core.rms_norm(x, torch.ones(7, device=device), 1e-5)

@@ -18,9 +18,9 @@ from dllm_core import Engine
 from dllm_core.sampling import choose_tokens, gumbel_argmax, sample_plain_confidence, top_k_filter, top_p_filter
 from dllm_core.testing.tiny import make_tiny_model
 
+from op_kernels import DEVICES, HAS_CUDA
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])]
 
 
 # ---- the float32 implementation these functions had before the fused path (the oracle) -------
