@@ -7,7 +7,8 @@ probability-pass row tile (32 or 64) and kv-head slices.  The environment variab
 override those choices, ``..._MMA=wgmma/sync`` the main pass's MMA flavour (the automatic plan takes
 wgmma for 128-row tiles on sm_90a) and ``..._WGMMA_GRID`` caps the wgmma pass's persistent grid (read
 at every call), so each variant runs on every shape here, including shapes its automatic choice never
-sees;
+sees; ``..._PDL=0`` launches the combine and probability kernels as plain stream successors instead of
+programmatic dependents;
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
 """
@@ -26,7 +27,8 @@ HAS_CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
-       "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID")
+       "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
+       "DLLM_CORE_ATTN_PDL")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
@@ -104,14 +106,14 @@ def test_main_pass_variants(monkeypatch, shape, rows, stages, splits):
             _run_and_check(shape, dtype, return_probs, strided_q=(i == 1))
 
 
-@pytest.mark.parametrize("slices", [None, "1", "2"], ids=lambda s: f"slices={s or 'auto'}")
+@pytest.mark.parametrize("slices", [None, "1", "2", "7"], ids=lambda s: f"slices={s or 'auto'}")
 @pytest.mark.parametrize("probs_rows", [None, "32", "64"], ids=lambda r: f"probs_rows={r or 'auto'}")
 @pytest.mark.parametrize("shape", SHAPES + [(2, 70, 4, 2, 128, 4160)], ids=str)
 def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices):
     """Every probability-pass row tile x head slicing (plain stores / atomics) on every shape."""
     if probs_rows:
         monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
-    if slices:  # a slice count that does not divide Hkv is ignored by the plan (auto)
+    if slices:  # a slice count that does not divide H is ignored by the plan (auto)
         monkeypatch.setenv("DLLM_CORE_ATTN_HEAD_SLICES", slices)
     for dtype in (torch.bfloat16, torch.float16):
         _run_and_check(shape, dtype, True)
@@ -175,7 +177,7 @@ def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
     n_tiles = -(-T // 64)
     assert 1 <= plan["splits"] <= min(n_tiles, 64)
     assert plan["splits"] * plan["tiles_per_split"] >= n_tiles > (plan["splits"] - 1) * plan["tiles_per_split"]
-    assert plan["row_blocks"] * probs_rows >= n and Hkv % plan["head_slices"] == 0
+    assert plan["row_blocks"] * probs_rows >= n and H % plan["head_slices"] == 0
     if blocks >= 3 * sms:
         assert plan["splits"] == 1, "a grid that fills the GPU is not split"
     if B == 1 and T >= 2048:
@@ -305,3 +307,48 @@ def test_wgmma_plan_override(capfd, monkeypatch):
     plan = _plan(capfd, monkeypatch, (1, 32, 4, 4, 128, 300), False)
     assert (plan["mma"], plan["rows"]) == (1, 128)
     _run_and_check((1, 32, 4, 4, 128, 300), torch.bfloat16, True)
+
+
+# ---- programmatic dependent launch (csrc/cuda/pdl.cuh): combine and probability pass start early ----------
+
+@pytest.mark.parametrize("pdl", ["1", "0"], ids=lambda v: f"pdl={v}")
+@pytest.mark.parametrize("mma,splits,slices", [
+    ("sync", "1", "1"), ("sync", "3", "1"), ("sync", "3", "2"), ("sync", None, None), ("wgmma", "3", "2"),
+    ("wgmma", "1", None)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 32, 4, 4, 128, 515), (1, 32, 14, 2, 128, 515), (2, 65, 4, 4, 64, 1030)],
+                         ids=str)
+def test_chained_launch(capfd, monkeypatch, shape, mma, splits, slices, pdl):
+    """Main pass -> combine -> probability pass with and without programmatic dependent launch, eager and in
+    a CUDA graph, on a probability buffer the allocator hands back dirty (the main pass must zero it for
+    the atomics of head slices)."""
+    monkeypatch.setenv("DLLM_CORE_ATTN_PDL", pdl)
+    monkeypatch.setenv("DLLM_CORE_ATTN_MMA", mma)
+    for name, value in (("DLLM_CORE_ATTN_SPLITS", splits), ("DLLM_CORE_ATTN_HEAD_SLICES", slices)):
+        if value:
+            monkeypatch.setenv(name, value)
+    plan = _plan(capfd, monkeypatch, shape, True)
+    capable = torch.cuda.get_device_capability(0)[0] >= 9
+    assert plan["pdl"] == (1 if capable and pdl == "1" else 0)
+    monkeypatch.delenv("DLLM_CORE_ATTN_TRACE")
+    args = _inputs(shape, torch.bfloat16, seed=3)
+    want = partial_attention_reference(*args, True)
+    B, n, _, _, _, T = shape
+    for _ in range(2):
+        torch.full((B * n * T,), 7.0, device="cuda")  # freed at once: the next (B, n, T) block is dirty
+        _check(torch.ops.dllm_core.partial_attention(*args, True), want, torch.bfloat16, True)
+    static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.ops.dllm_core.partial_attention(*static, True)  # warm-up off the capture
+        with torch.cuda.graph(graph, stream=stream):
+            got = torch.ops.dllm_core.partial_attention(*static, True)
+    torch.cuda.current_stream().wait_stream(stream)
+    for seed in (4, 5):  # new inputs copied in, then replayed
+        fresh = _inputs(shape, torch.bfloat16, seed=seed)
+        for dst, src in zip(static[:4], fresh[:4]):
+            dst.copy_(src)
+        graph.replay()
+        torch.cuda.synchronize()
+        _check(got, partial_attention_reference(*fresh, True), torch.bfloat16, True)

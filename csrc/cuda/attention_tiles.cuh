@@ -5,6 +5,7 @@
 
 #include "device_utils.cuh"
 #include "launchers.h"
+#include "pdl.cuh"
 
 namespace dllm_core {
 namespace cuda {
@@ -141,6 +142,24 @@ __device__ __forceinline__ void qk_tile_smem(float (&s)[MT][8][4], const T* sQ, 
         mma16816<T>(s[mt][2 * jp], a[mt], b0, b1);
         mma16816<T>(s[mt][2 * jp + 1], a[mt], b2, b3);
       }
+    }
+  }
+}
+
+// Block `block` of `blocks` zeroes its share of the (B, n, T) float32 probabilities when p.zero_probs
+// (the probability pass adds its head slices into them with atomics): the main pass does it, where it
+// costs a few stores per block, instead of a memset node ahead of it.  Shares are multiples of 4
+// floats, so the float4 stores stay 16-byte aligned (probs is a fresh allocation).
+__device__ __forceinline__ void zero_probs_share(const AttentionParams& p, int64_t block, int64_t blocks) {
+  if (!p.zero_probs) return;
+  const int64_t total = static_cast<int64_t>(p.B) * p.n * p.T;
+  const int64_t per = ((total + blocks - 1) / blocks + 3) & ~int64_t{3};
+  const int64_t begin = block * per, end = total < begin + per ? total : begin + per;
+  for (int64_t i = begin + 4 * threadIdx.x; i < end; i += 4 * static_cast<int64_t>(blockDim.x)) {
+    if (i + 4 <= end) {
+      *reinterpret_cast<float4*>(p.probs + i) = make_float4(0.f, 0.f, 0.f, 0.f);
+    } else {
+      for (int64_t j = i; j < end; ++j) p.probs[j] = 0.f;
     }
   }
 }

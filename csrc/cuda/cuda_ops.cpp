@@ -133,8 +133,8 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
     return {out, return_probs ? at::empty({B, n, 0}, f32) : at::empty({0}, f32)};
   }
   const auto plan = dc::plan_attention(B, n, H, Hkv, T, return_probs, q.get_device());
-  at::Tensor probs = !return_probs ? at::empty({0}, f32)
-                     : plan.head_slices > 1 ? at::zeros({B, n, T}, f32) : at::empty({B, n, T}, f32);
+  // With head slices the probability pass adds into probs with atomics: the main pass zeroes it.
+  at::Tensor probs = return_probs ? at::empty({B, n, T}, f32) : at::empty({0}, f32);
   at::Tensor lse = return_probs ? at::empty({B, H, n}, f32) : at::Tensor();
   at::Tensor part_o, part_ml;
   if (plan.splits > 1) {
@@ -158,6 +158,7 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   p.B = B, p.n = n, p.H = H, p.Hkv = Hkv, p.T = T, p.D = D;
   p.scale = static_cast<float>(scale);
   p.dtype = dtype;
+  p.zero_probs = return_probs && plan.head_slices > 1 ? 1 : 0;
   check_launch(dc::launch_partial_attention(p, plan, c10::cuda::getCurrentCUDAStream().stream()), op);
   return {out, probs};
 }

@@ -35,11 +35,12 @@ struct AttentionPlan {
   int splits;           // key-range splits of the main pass (flash-decoding); 1 = write out directly
   int tiles_per_split;  // 64-key tiles per split
   int row_blocks;       // probability pass: probs_rows-row blocks of the query rows
-  int head_slices;      // probability pass: kv-head slices summed with atomics (1 = plain stores)
+  int head_slices;      // probability pass: query-head slices summed with atomics (1 = plain stores)
   int rows;             // main pass: rows per block, 32 (2 warps x 16), 64 (4 x 16) or 128 (4 x 32)
   int probs_rows;       // probability pass: query rows per block, 32 (2 warps) or 64 (4 warps)
   int stages;           // main pass: K/V tiles in the shared-memory ring, 2 (double buffer) or 3; 3 (128-key stages) with mma = 1
   int mma;              // main pass: 0 mma.sync (the row tiles above), 1 wgmma (sm_90a, 128 rows, warp-specialised, fixed 3-stage ring)
+  int pdl;              // 1: the combine and probability kernels are launched as programmatic dependents (pdl.cuh)
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous
@@ -47,7 +48,7 @@ struct AttentionParams {
   const void* v;          // (B, T, Hkv, D), strides v_s
   const bool* mask;       // (B, T), row stride mask_s0, column stride 1
   void* out;              // (B, n, H, D) contiguous, q's dtype
-  float* probs;           // (B, n, T) contiguous float32, or null; pre-zeroed when head_slices > 1
+  float* probs;           // (B, n, T) contiguous float32, or null; zeroed by the main pass when zero_probs
   float* lse;             // (B, H, n) log2-sum-exp of the scaled scores; needed when probs != null
   float* part_o;          // (splits, B, H, n, D) partial accumulators when splits > 1
   float* part_ml;         // (splits, B, H, n, 2) partial (max, sum) when splits > 1
@@ -55,6 +56,7 @@ struct AttentionParams {
   int B, n, H, Hkv, T, D;
   float scale;
   DType dtype;
+  int zero_probs;         // 1: the main pass zeroes probs (the probability pass adds head slices with atomics)
 };
 bool attention_supported(DType dtype, int head_dim);  // bf16/fp16 with D in {64, 128}
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device);

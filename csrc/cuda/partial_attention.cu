@@ -62,6 +62,9 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
   const T* vbase = static_cast<const T*>(p.v) + b * p.v_s[0] + g * p.v_s[2];
   const bool* mask = p.mask + b * p.mask_s0;
   const float scale_log2 = p.scale * kLog2e;
+  pdl_launch_dependents();  // the combine / probability kernel may take free SM slots now (pdl.cuh)
+  zero_probs_share(p, blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z),
+                   static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z);
 
   auto load_kv = [&](int tile, int stage) {
     const int t0 = tile * kBlockN, valid = min(kBlockN, p.T - t0);
@@ -224,6 +227,8 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
 // Merges the key splits of each (batch, head, row): blockDim = (D / 4, 4), one row per y.
 template <typename T, int D>
 __global__ void attn_combine_kernel(AttentionParams p, int splits) {
+  pdl_launch_dependents();
+  pdl_wait();  // the main pass's partials (every block waits: the probability pass relies on it)
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.n;
   const int64_t bhr = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
   if (bhr >= rows) return;
@@ -254,8 +259,7 @@ cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cud
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
   const dim3 grid((M + Cfg::kRows - 1) / Cfg::kRows, plan.splits, p.B * p.Hkv);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);
-  return cudaGetLastError();
+  return launch_chained(kernel, grid, dim3(Cfg::kThreads), Cfg::kSmem, stream, false, p, plan.tiles_per_split);
 }
 
 template <typename T, int D, int STAGES>
@@ -275,8 +279,9 @@ cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cu
   if (err != cudaSuccess) return err;
   if (plan.splits > 1) {
     const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.n;
-    attn_combine_kernel<T, D><<<static_cast<unsigned>((rows + 3) / 4), dim3(D / 4, 4), 0, stream>>>(p, plan.splits);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    err = launch_chained(attn_combine_kernel<T, D>, dim3(static_cast<unsigned>((rows + 3) / 4)), dim3(D / 4, 4), 0,
+                         stream, plan.pdl == 1, p, plan.splits);
+    if (err != cudaSuccess) return err;
   }
   return p.probs != nullptr ? launch_attention_probs(p, plan, stream) : cudaSuccess;
 }
@@ -310,7 +315,8 @@ bool attention_supported(DType dtype, int head_dim) {
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 0, 0};
+  plan.pdl = pdl_enabled(device) ? 1 : 0;
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
   plan.rows = env_int("DLLM_CORE_ATTN_ROWS", M <= 32 ? 32 : M <= 64 ? 64 : 128,
@@ -353,22 +359,27 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
                      : plan.rows == 32 ? (plan.stages == 2 ? 3 : 2) : plan.rows == 64 ? 2 : (plan.stages == 2 ? 2 : 1);
   const int target = per_sm * sms;
   const int base = B * Hkv * ceil_div(M, plan.rows);
-  // Key splits: minimise waves x tiles per split (the slowest block's work), plus ~2 tiles' worth
-  // for the combine kernel when splitting, plus the float32 partials every split block writes and
-  // the combine reads back (rows x D x 4 bytes each way = rows / 64 K/V tiles each way, spread over
-  // the GPU); ties go to fewer splits.  Without that last term, Dream-7B at q=128, T=4096 took 64
-  // one-tile splits and ran 0.3x of SDPA flash: its partials outweighed its (GQA-small) K/V reads.
+  // Key splits, where B x Hkv x row tiles leaves resident slots idle: minimise the K/V tiles of the
+  // busiest SM (tiles per split x its blocks: co-resident blocks share the SM's bandwidth), plus, when
+  // splitting, 0.5 tile for the combine kernel and 2 x the float32 partials every split block writes
+  // and the combine reads back (rows x D x 4 bytes each way = rows / 64 K/V tiles each way, spread over
+  // the slots); ties go to fewer splits.  Fit on the H100 over the 24 batch-1 ops_bench shapes x 8 split
+  // counts (benchmarks/results/h100-session4-splits.json): 1.4% above the best count on average, 7% at
+  // worst; the previous model (waves x tiles per split + 2 + partials) was 6.7% / 53% above, over-
+  // splitting the mma.sync tiles (e.g. 8 splits where 4 ran 21% faster at LLaDA q64 T1024) and leaving
+  // Dream-7B q128 T512 unsplit.  The partials term keeps Dream-7B at q=128, T=4096 off 64 one-tile splits
+  // (0.3x of SDPA flash when its partials outweighed its GQA-small K/V reads).
   // The wgmma kernel streams 128-key tiles: its automatic splits take whole ones (an even tiles_per_split;
   // a forced split count may still end a split inside a tile, which the kernel masks).
   const int max_splits = std::min(n_tiles, 64), unit = plan.mma == 1 ? 2 : 1;
-  long best_cost = -1;
+  double best_cost = -1.0;
   for (int s = 1; s <= max_splits && base < target; ++s) {
     const int tps = unit * ceil_div(ceil_div(n_tiles, unit), s), eff = ceil_div(n_tiles, tps);
     if (eff != s) continue;  // same as a smaller count
-    const long waves = (static_cast<long>(base) * eff + target - 1) / target;
-    const long partials = (static_cast<long>(base) * eff * (plan.rows / 32) + target - 1) / target;
-    const long cost = waves * tps + (eff > 1 ? 2 + partials : 0);
-    if (best_cost < 0 || cost < best_cost) best_cost = cost, plan.splits = eff;
+    const long busiest = (static_cast<long>(base) * eff + sms - 1) / sms;  // blocks on the busiest SM
+    const double partials = static_cast<double>(base) * eff * (plan.rows / 32) / target;
+    const double cost = static_cast<double>(busiest * tps) + (eff > 1 ? 0.5 + 2.0 * partials : 0.0);
+    if (best_cost < 0.0 || cost < best_cost - 1e-9) best_cost = cost, plan.splits = eff;
   }
   plan.splits = env_int("DLLM_CORE_ATTN_SPLITS", plan.splits, [](int v) { return v >= 1 && v <= 64; });
   plan.splits = std::max(1, std::min(plan.splits, n_tiles));
@@ -377,20 +388,29 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   if (probs) {
     plan.probs_rows = env_int("DLLM_CORE_ATTN_PROBS_ROWS", n <= 32 ? 32 : 64, [](int v) { return v == 32 || v == 64; });
     plan.row_blocks = ceil_div(n, plan.probs_rows);
-    const int ptarget = (plan.probs_rows == 32 ? 4 : 3) * sms;  // 48 / 64 KB of shared memory at D = 128
-    const int pbase = n_tiles * plan.row_blocks * B;
-    // Smallest divisor of Hkv that fills the GPU (atomics only where the grid needs them).
-    plan.head_slices = Hkv;
-    for (int s = 1; s <= Hkv; ++s)
-      if (Hkv % s == 0 && pbase * s >= ptarget) { plan.head_slices = s; break; }
+    const int slots = (plan.probs_rows == 32 ? 4 : 3) * sms;  // resident blocks: 48 / 64 KB of shared memory at D = 128
+    const long pbase = static_cast<long>(n_tiles) * plan.row_blocks * B;
+    // Head slices: the divisor s of H (query heads) minimising
+    //   ceil(pbase s / slots) * H / s           the busiest slot's serial head iterations
+    //   + 5 (s - 1) B n T / 1e6                 the float atomics of s > 1 slices (1 M ~ 5 iterations)
+    // (ties: fewer slices).  Fit on the H100 over the 48 ops_bench shapes x 6 slice counts
+    // (benchmarks/results/h100-session4-slices.json): 0.8% above the best count on average, 9% at worst;
+    // the previous rule (smallest divisor of Hkv that fills the slots) was 10.6% / 59% above it.
+    double best_slice_cost = -1.0;
+    for (int s = 1; s <= H; ++s) {
+      if (H % s != 0) continue;
+      const double cost = static_cast<double>((pbase * s + slots - 1) / slots) * (H / s) +
+                          5e-6 * (s - 1) * static_cast<double>(B) * n * T;
+      if (best_slice_cost < 0.0 || cost < best_slice_cost) best_slice_cost = cost, plan.head_slices = s;
+    }
     plan.head_slices = env_int("DLLM_CORE_ATTN_HEAD_SLICES", plan.head_slices,
-                               [Hkv](int v) { return v >= 1 && v <= Hkv && Hkv % v == 0; });
+                               [H](int v) { return v >= 1 && v <= H && H % v == 0; });
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
-                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d mma=%d\n", B, n, H, Hkv, T,
-                 plan.rows, plan.stages, plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows,
-                 plan.row_blocks, plan.head_slices, plan.mma);
+                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d mma=%d pdl=%d\n", B, n, H, Hkv,
+                 T, plan.rows, plan.stages, plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows,
+                 plan.row_blocks, plan.head_slices, plan.mma, plan.pdl);
   return plan;
 }
 

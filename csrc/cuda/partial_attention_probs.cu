@@ -6,8 +6,10 @@
 // the head mean is summed in registers.  Variants: 32 rows = 2 warps (q <= 32: no idle warps),
 // 64 rows = 4 warps (the original).  Q tiles and K tiles (one per kv head) are double-buffered with
 // cp.async; the next head's log-sum-exp is fetched one head ahead so its global-load latency hides
-// behind the current head's MMAs.  For small grids the kv heads are sliced over blocks that add
-// their parts with float atomics (into a zeroed output).
+// behind the current head's MMAs.  For small grids the query heads are sliced over blocks that add
+// their parts with float atomics (into the output the main pass zeroed).  Launched as a programmatic
+// dependent (pdl.cuh): the first head's copies and Q K^T run before pdl_wait(), under the main pass or
+// the combine.
 //
 // Bytes: besides the output, the pass reads K once (each block's key tile once per kv head; the
 // blocks sharing a key tile are adjacent in launch order so K comes from DRAM once) and Q once per
@@ -31,7 +33,7 @@ struct ProbsConfig {
 // ptxas from trading it away for registers (64 rows sit at ~166 of the 168 that 3 blocks allow).
 template <typename T, int D, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
-    attn_probs_kernel(AttentionParams p, int row_blocks, int kv_per_slice) {
+    attn_probs_kernel(AttentionParams p, int row_blocks, int heads_per_slice) {
   using Cfg = ProbsConfig<T, D, WARPS>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -42,7 +44,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
   const int b = blockIdx.z, t0 = blockIdx.y * kBlockN;
   const int r0 = (blockIdx.x % row_blocks) * kRows, slice = blockIdx.x / row_blocks;
   const int group = p.H / p.Hkv;
-  const int h_begin = slice * kv_per_slice * group, h_end = h_begin + kv_per_slice * group;
+  const int h_begin = slice * heads_per_slice, h_end = h_begin + heads_per_slice;
+  // K tile of kv head j in stage (j - kv_first) & 1: a slice may start or end inside a GQA group.
+  const int kv_first = h_begin / group;
   const int valid_keys = min(kBlockN, p.T - t0);
   const T* kbase = static_cast<const T*>(p.k) + b * p.k_s[0] + t0 * p.k_s[1];
   const float scale_log2 = p.scale * kLog2e;
@@ -61,9 +65,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
   auto issue = [&](int h) {
     const int i = h - h_begin;
     load_q<D, kRows, kThreads>(sQ + (i & 1) * kRows * D, p, b, h, r0, p.n, 1);
-    if (i % group == 0) {
-      const int gi = i / group;
-      load_rows<D, kBlockN, kThreads>(sK + (gi & 1) * kBlockN * D, kbase + (h / group) * p.k_s[2], p.k_s[1],
+    if (i == 0 || h % group == 0) {  // the slice's first head, or the first of a new kv head
+      load_rows<D, kBlockN, kThreads>(sK + ((h / group - kv_first) & 1) * kBlockN * D, kbase + (h / group) * p.k_s[2], p.k_s[1],
                                       valid_keys);
     }
   };
@@ -78,13 +81,11 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   float lse[2], lse_next[2] = {0.f, 0.f};
-  read_lse(h_begin, lse);
   issue(h_begin);
   cp_async_commit();
   for (int h = h_begin; h < h_end; ++h) {
     const int i = h - h_begin;
     if (h + 1 < h_end) {
-      read_lse(h + 1, lse_next);  // consumed next iteration
       issue(h + 1);
       cp_async_commit();
       cp_async_wait<1>();
@@ -95,7 +96,12 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
     uint32_t qf[D / 16][4];
     q_fragments<D>(qf, sQ + (i & 1) * kRows * D, warp * 16, lane);
     float s[8][4];
-    qk_tile<D>(s, qf, sK + ((i / group) & 1) * kBlockN * D, lane);
+    qk_tile<D>(s, qf, sK + ((h / group - kv_first) & 1) * kBlockN * D, lane);
+    if (i == 0) {  // everything so far read only inputs; the log-sum-exp comes from the kernel before
+      pdl_wait();
+      read_lse(h, lse);
+    }
+    if (h + 1 < h_end) read_lse(h + 1, lse_next);  // consumed next iteration
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float fill = lse[r] == -INFINITY ? NAN : 0.f;  // no attendable key at all: NaN, as the reference
@@ -138,13 +144,13 @@ cudaError_t launch_probs(const AttentionParams& p, const AttentionPlan& plan, cu
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid(plan.row_blocks * plan.head_slices, (p.T + kBlockN - 1) / kBlockN, p.B);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.row_blocks, p.Hkv / plan.head_slices);
-  return cudaGetLastError();
+  return launch_chained(kernel, grid, dim3(Cfg::kThreads), Cfg::kSmem, stream, plan.pdl == 1, p, plan.row_blocks,
+                        p.H / plan.head_slices);
 }
 
 template <typename T, int D>
 cudaError_t launch_probs_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  if (plan.row_blocks * plan.probs_rows < p.n || p.Hkv % plan.head_slices != 0) return cudaErrorInvalidValue;
+  if (plan.row_blocks * plan.probs_rows < p.n || p.H % plan.head_slices != 0) return cudaErrorInvalidValue;
   return plan.probs_rows == 32   ? launch_probs<T, D, 2>(p, plan, stream)
          : plan.probs_rows == 64 ? launch_probs<T, D, 4>(p, plan, stream)
                                  : cudaErrorInvalidValue;

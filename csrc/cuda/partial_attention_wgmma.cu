@@ -135,6 +135,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
     wg::mbar_init(q_full, 128), wg::mbar_init(q_empty, 8);
   }
   __syncthreads();  // the barriers' init, before any thread uses them
+  pdl_launch_dependents();  // the combine / probability kernel may be scheduled (pdl.cuh)
+  zero_probs_share(p, blockIdx.x, gridDim.x);
 
   // Ring bookkeeping runs on across units: gt counts the block's K/V tiles so far (stage gt % S, phase
   // gt / S), qi its units with tiles (Q buffer phase qi).
