@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
   const bool* mask = p.mask + b * p.mask_s0;
   const float scale_log2 = p.scale * kLog2e;
   pdl_launch_dependents();  // the combine / probability kernel may take free SM slots now (pdl.cuh)
-  zero_probs_share(p, blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z),
-                   static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z);
+  const int64_t blocks_xy = static_cast<int64_t>(gridDim.x) * gridDim.y;
+  zero_probs_share(p, blockIdx.x + gridDim.x * blockIdx.y + blocks_xy * blockIdx.z, blocks_xy * gridDim.z);
 
   auto load_kv = [&](int tile, int stage) {
     const int t0 = tile * kBlockN, valid = min(kBlockN, p.T - t0);
@@ -259,7 +259,8 @@ cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cud
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
   const dim3 grid((M + Cfg::kRows - 1) / Cfg::kRows, plan.splits, p.B * p.Hkv);
-  return launch_chained(kernel, grid, dim3(Cfg::kThreads), Cfg::kSmem, stream, false, p, plan.tiles_per_split);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);  // a plain launch: see pdl.cuh
+  return cudaGetLastError();
 }
 
 template <typename T, int D, int STAGES>

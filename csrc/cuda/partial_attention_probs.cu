@@ -66,8 +66,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
     const int i = h - h_begin;
     load_q<D, kRows, kThreads>(sQ + (i & 1) * kRows * D, p, b, h, r0, p.n, 1);
     if (i == 0 || h % group == 0) {  // the slice's first head, or the first of a new kv head
-      load_rows<D, kBlockN, kThreads>(sK + ((h / group - kv_first) & 1) * kBlockN * D, kbase + (h / group) * p.k_s[2], p.k_s[1],
-                                      valid_keys);
+      T* dst = sK + ((h / group - kv_first) & 1) * kBlockN * D;
+      load_rows<D, kBlockN, kThreads>(dst, kbase + (h / group) * p.k_s[2], p.k_s[1], valid_keys);
     }
   };
   auto read_lse = [&](int h, float (&dst)[2]) {
