@@ -6,7 +6,7 @@
 --quick runs q in {32, 128}, T = 4096, batch 1 and 16 (8 attention shapes); the filters narrow
 the full grid (or the quick one) further.  Every attention row records the launch plan the CUDA
 kernel chose (row tile, MMA flavour (w = wgmma), K/V pipeline stages, key splits, probability-pass tile
-and head slices; see csrc/cuda/partial_attention.cu), read from its DLLM_CORE_ATTN_TRACE line; DLLM_CORE_ATTN_*
+and head slices; see csrc/cuda/attention_plan.cu), read from its DLLM_CORE_ATTN_TRACE line; DLLM_CORE_ATTN_*
 overrides in the environment apply to the whole run and are recorded in the JSON.
 
 Per-layer shapes of LLaDA-8B (32 q heads, 32 kv heads, D=128) and Dream-7B (28 q / 4 kv heads,

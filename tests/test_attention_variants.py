@@ -1,6 +1,6 @@
 """CUDA partial_attention: every launch variant and plan decision against the reference.
 
-The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/partial_attention.cu):
+The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/attention_plan.cu):
 main-pass row tile (32, 64 or 128 rows per block), K/V pipeline depth (2 or 3 stages), key splits,
 probability-pass row tile (32 or 64) and kv-head slices.  The environment variables
 ``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``, ``..._SPLITS``, ``..._PROBS_ROWS`` and ``..._HEAD_SLICES``

@@ -167,7 +167,7 @@ __device__ __forceinline__ void zero_probs_share(const AttentionParams& p, int64
 // Probability pass (partial_attention_probs.cu); plan.probs_rows picks its row-tile variant.
 cudaError_t launch_attention_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
 
-// Multiprocessor count of a device (partial_attention.cu; cached).
+// Multiprocessor count of a device (attention_plan.cu; cached).
 int num_sms(int device);
 
 // wgmma main pass (partial_attention_wgmma.cu), plan.mma == 1; wgmma_available: the device can run it.

@@ -1,5 +1,5 @@
 // CUDA main pass of dllm_core::partial_attention (semantics: dllm_core/ops/partial_attention.py),
-// the split combine, the launch plan and the launcher; the probability pass is in
+// the split combine and the launcher; the launch plan is in attention_plan.cu, the probability pass in
 // partial_attention_probs.cu, the shared tile helpers in attention_tiles.cuh.
 //
 // Flash-style, mma.sync m16n8k16, float32 accumulation: a block owns kRows "query rows" of one
@@ -21,11 +21,7 @@
 // sum, accumulator) triples (flash-decoding).  The pass also leaves the log2-sum-exp of every
 // (batch, head, row) for the probability pass.
 
-#include <algorithm>
 #include <cfloat>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 
 #include "attention_tiles.cuh"
 
@@ -287,133 +283,7 @@ cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cu
   return p.probs != nullptr ? launch_attention_probs(p, plan, stream) : cudaSuccess;
 }
 
-// Integer from the environment when set and accepted by `ok`, else `fallback` (plan overrides
-// for benchmarking and for switching a broken variant off without a rebuild).
-template <typename Ok>
-int env_int(const char* name, int fallback, Ok ok) {
-  const char* s = std::getenv(name);
-  if (s == nullptr || *s == '\0') return fallback;
-  const int v = std::atoi(s);
-  return ok(v) ? v : fallback;
-}
-
 }  // namespace
-
-// Multiprocessor count of a device (cached; 132 when the query fails).
-int num_sms(int device) {
-  static int cache[64] = {0};
-  if (device < 0 || device >= 64) return 132;
-  if (cache[device] == 0) {
-    int v = 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || v <= 0) v = 132;
-    cache[device] = v;
-  }
-  return cache[device];
-}
-
-bool attention_supported(DType dtype, int head_dim) {
-  return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (head_dim == 64 || head_dim == 128);
-}
-
-AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 0, 0};
-  plan.pdl = pdl_enabled(device) ? 1 : 0;
-  const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
-  // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
-  plan.rows = env_int("DLLM_CORE_ATTN_ROWS", M <= 32 ? 32 : M <= 64 ? 64 : 128,
-                      [](int v) { return v == 32 || v == 64 || v == 128; });
-  // Main-pass MMA (plan.mma): 1 = wgmma (partial_attention_wgmma.cu: 128 rows, compute capability 9.0
-  // with the sm_90a image), 0 = mma.sync.  DLLM_CORE_ATTN_MMA=wgmma forces wgmma wherever it applies (a
-  // 128-row tile or M > 64), =sync forces mma.sync.  The automatic choice takes wgmma for every 128-row
-  // tile (measured on the H100, 2026-11-23: faster than mma.sync and SDPA flash at batch 1 and at
-  // batch 16 from T = 2048; kAutoWgmma = false goes back to mma.sync unless forced).
-  constexpr bool kAutoWgmma = true;
-  const char* mma_env = std::getenv("DLLM_CORE_ATTN_MMA");
-  const bool force_wgmma = mma_env != nullptr && std::strcmp(mma_env, "wgmma") == 0;
-  const bool force_sync = mma_env != nullptr && std::strcmp(mma_env, "sync") == 0;
-  const bool wgmma_rows = force_wgmma ? plan.rows == 128 || M > 64 : kAutoWgmma && !force_sync && plan.rows == 128;
-  if (wgmma_rows && wgmma_available(device)) plan.mma = 1, plan.rows = 128;
-  // K/V ring depth (resident blocks/SM at D = 128; the plan does not see D, and D = 64 needs half the
-  // shared memory): the 64-row variant keeps 2 blocks/SM with 3 stages (80 -> 112 KB), so it takes
-  // them when its grid fills the GPU unsplit; the 128-row one would drop from 2 to 1 (96 -> 128 KB; its 4 warps need company), so it
-  // keeps 2.  The 32-row one drops from 3 to 2 (72 -> 104 KB); it is memory bound, a wave of k
-  // blocks/SM takes ~k/2 times as long as one of 2, so a grid too large to split takes 3 stages
-  // where ceil(blocks / 2 SMs) x 2 < ceil(blocks / 3 SMs) x 3: LLaDA batch 16 q = 32 (512 blocks)
-  // ran 1.3 waves of 396 slots, its last wave a third full, and fills 2 waves of 264 instead.
-  // Measured on the H100 (2026-11-23): 3 stages won only on grids too large to split (batch 16:
-  // up to 8% faster) and lost 2-5% where keys are split (batch 1), so split grids keep 2 stages.
-  const long blocks64 = static_cast<long>(B) * Hkv * ceil_div(M, 64);
-  int stages = plan.rows == 64 && blocks64 >= 2L * sms ? 3 : 2;
-  if (plan.rows == 32) {
-    const long blocks = static_cast<long>(B) * Hkv * ceil_div(M, 32);
-    if (blocks >= 3L * sms && (blocks + 2L * sms - 1) / (2L * sms) * 2 < (blocks + 3L * sms - 1) / (3L * sms) * 3)
-      stages = 3;
-  }
-  plan.stages = env_int("DLLM_CORE_ATTN_STAGES", stages, [](int v) { return v == 2 || v == 3; });
-  if (plan.mma == 1) plan.stages = 3;  // the wgmma kernel's fixed ring of 128-key stages (kWgStages)
-  // Resident blocks per SM at D = 128 (shared memory, 2 / 3 stages: 72 / 104 KB at 32 rows, 80 / 112
-  // at 64, 96 / 128 at 128; the 128-row variant also needs ~255 registers per thread).
-  // wgmma: 1 (225 KB; 384 threads: producer 40 + 2 consumer warpgroups x 232 registers); its grid is
-  // persistent (min(SMs, blocks x splits) blocks looping over the work units), so splits are still
-  // chosen as for one wave of 1 block/SM: only where B x Hkv x row tiles leaves SMs idle.
-  const int per_sm = plan.mma == 1 ? 1
-                     : plan.rows == 32 ? (plan.stages == 2 ? 3 : 2) : plan.rows == 64 ? 2 : (plan.stages == 2 ? 2 : 1);
-  const int target = per_sm * sms;
-  const int base = B * Hkv * ceil_div(M, plan.rows);
-  // Key splits, where B x Hkv x row tiles leaves resident slots idle: minimise the K/V tiles of the
-  // busiest SM (tiles per split x its blocks: co-resident blocks share the SM's bandwidth), plus, when
-  // splitting, 0.5 tile for the combine kernel and 2 x the float32 partials every split block writes
-  // and the combine reads back (rows x D x 4 bytes each way = rows / 64 K/V tiles each way, spread over
-  // the slots); ties go to fewer splits.  Fit on the H100 over the 24 batch-1 ops_bench shapes x 8 split
-  // counts (benchmarks/results/h100-session4-splits.json): 1.4% above the best count on average, 7% at
-  // worst; the previous model (waves x tiles per split + 2 + partials) was 6.7% / 53% above, over-
-  // splitting the mma.sync tiles (e.g. 8 splits where 4 ran 21% faster at LLaDA q64 T1024) and leaving
-  // Dream-7B q128 T512 unsplit.  The partials term keeps Dream-7B at q=128, T=4096 off 64 one-tile splits
-  // (0.3x of SDPA flash when its partials outweighed its GQA-small K/V reads).
-  // The wgmma kernel streams 128-key tiles: its automatic splits take whole ones (an even tiles_per_split;
-  // a forced split count may still end a split inside a tile, which the kernel masks).
-  const int max_splits = std::min(n_tiles, 64), unit = plan.mma == 1 ? 2 : 1;
-  double best_cost = -1.0;
-  for (int s = 1; s <= max_splits && base < target; ++s) {
-    const int tps = unit * ceil_div(ceil_div(n_tiles, unit), s), eff = ceil_div(n_tiles, tps);
-    if (eff != s) continue;  // same as a smaller count
-    const long busiest = (static_cast<long>(base) * eff + sms - 1) / sms;  // blocks on the busiest SM
-    const double partials = static_cast<double>(base) * eff * (plan.rows / 32) / target;
-    const double cost = static_cast<double>(busiest * tps) + (eff > 1 ? 0.5 + 2.0 * partials : 0.0);
-    if (best_cost < 0.0 || cost < best_cost - 1e-9) best_cost = cost, plan.splits = eff;
-  }
-  plan.splits = env_int("DLLM_CORE_ATTN_SPLITS", plan.splits, [](int v) { return v >= 1 && v <= 64; });
-  plan.splits = std::max(1, std::min(plan.splits, n_tiles));
-  plan.tiles_per_split = ceil_div(n_tiles, plan.splits);
-  plan.splits = ceil_div(n_tiles, plan.tiles_per_split);  // no empty split
-  if (probs) {
-    plan.probs_rows = env_int("DLLM_CORE_ATTN_PROBS_ROWS", n <= 32 ? 32 : 64, [](int v) { return v == 32 || v == 64; });
-    plan.row_blocks = ceil_div(n, plan.probs_rows);
-    const int slots = (plan.probs_rows == 32 ? 4 : 3) * sms;  // resident blocks: 48 / 64 KB of shared memory at D = 128
-    const long pbase = static_cast<long>(n_tiles) * plan.row_blocks * B;
-    // Head slices: the divisor s of H (query heads) minimising
-    //   ceil(pbase s / slots) * H / s           the busiest slot's serial head iterations
-    //   + 5 (s - 1) B n T / 1e6                 the float atomics of s > 1 slices (1 M ~ 5 iterations)
-    // (ties: fewer slices).  Fit on the H100 over the 48 ops_bench shapes x 6 slice counts
-    // (benchmarks/results/h100-session4-slices.json): 0.8% above the best count on average, 9% at worst;
-    // the previous rule (smallest divisor of Hkv that fills the slots) was 10.6% / 59% above it.
-    double best_slice_cost = -1.0;
-    for (int s = 1; s <= H; ++s) {
-      if (H % s != 0) continue;
-      const double cost = static_cast<double>((pbase * s + slots - 1) / slots) * (H / s) +
-                          5e-6 * (s - 1) * static_cast<double>(B) * n * T;
-      if (best_slice_cost < 0.0 || cost < best_slice_cost) best_slice_cost = cost, plan.head_slices = s;
-    }
-    plan.head_slices = env_int("DLLM_CORE_ATTN_HEAD_SLICES", plan.head_slices,
-                               [H](int v) { return v >= 1 && v <= H && H % v == 0; });
-  }
-  if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
-    std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
-                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d mma=%d pdl=%d\n", B, n, H, Hkv,
-                 T, plan.rows, plan.stages, plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows,
-                 plan.row_blocks, plan.head_slices, plan.mma, plan.pdl);
-  return plan;
-}
 
 cudaError_t launch_partial_attention(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   if (p.B == 0 || p.n == 0 || p.T == 0) return cudaSuccess;
