@@ -2,7 +2,7 @@
 
 The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/attention_plan.cu):
 main-pass row tile (32, 64 or 128 rows per block), K/V pipeline depth (2 or 3 stages), key splits,
-probability-pass row tile (32 or 64) and kv-head slices.  The environment variables
+probability-pass row tile (32 or 64) and query-head slices.  The environment variables
 ``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``, ``..._SPLITS``, ``..._PROBS_ROWS`` and ``..._HEAD_SLICES``
 override those choices, ``..._MMA=wgmma/sync`` the main pass's MMA flavour (the automatic plan takes
 wgmma for 128-row tiles on sm_90a) and ``..._WGMMA_GRID`` caps the wgmma pass's persistent grid (read
