@@ -1,5 +1,5 @@
-"""What the compiled-op tests share: the device parameters, the skip when a kernel is not built,
-and the subprocess runner for error paths (a C++ exception that crashes the interpreter instead of
+"""What the compiled-op tests share: the device parameters, the tolerances and the partial-attention
+check against its reference, the skip when a kernel is not built, and the subprocess runner for error paths (a C++ exception that crashes the interpreter instead of
 raising must fail that one test, not the session)."""
 
 from __future__ import annotations
@@ -13,7 +13,19 @@ import torch
 from dllm_core.ops import extension as ext
 
 HAS_CUDA = torch.cuda.is_available()
+TOL = {torch.float32: (2e-5, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}  # (atol, rtol)
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")])]
+
+
+def check_attention(got, want, dtype, return_probs) -> None:
+    """partial_attention's (out, probs) against the reference's: out within TOL[dtype] in its dtype and
+    shape, probs to float32 rounding and (when asked for) summing to 1 per row."""
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got[0].float(), want[0].float(), atol=atol, rtol=rtol)
+    assert got[0].dtype == want[0].dtype and got[0].shape == want[0].shape
+    torch.testing.assert_close(got[1], want[1], atol=2e-5, rtol=1e-3)
+    if return_probs:
+        torch.testing.assert_close(got[1].sum(-1), torch.ones_like(got[1][..., 0]), atol=1e-4, rtol=0)
 
 
 def need_kernel(op: str, device: str) -> None:

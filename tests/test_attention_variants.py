@@ -22,10 +22,9 @@ import torch
 
 from dllm_core.ops import extension as ext
 from dllm_core.ops.partial_attention import partial_attention_reference
+from op_kernels import HAS_CUDA, check_attention
 
-HAS_CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
-TOL = {torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
        "DLLM_CORE_ATTN_PDL")
@@ -71,20 +70,11 @@ def _inputs(shape, dtype, strided_q=False, seed=0):
     return q, k, v, mask, D ** -0.5
 
 
-def _check(got, want, dtype, return_probs):
-    atol, rtol = TOL[dtype]
-    torch.testing.assert_close(got[0].float(), want[0].float(), atol=atol, rtol=rtol)
-    assert got[0].dtype == want[0].dtype and got[0].shape == want[0].shape
-    torch.testing.assert_close(got[1], want[1], atol=2e-5, rtol=1e-3)
-    if return_probs:
-        torch.testing.assert_close(got[1].sum(-1), torch.ones_like(got[1][..., 0]), atol=1e-4, rtol=0)
-
-
 def _run_and_check(shape, dtype, return_probs, strided_q=False):
     args = _inputs(shape, dtype, strided_q)
     got = torch.ops.dllm_core.partial_attention(*args, return_probs)
     torch.cuda.synchronize()
-    _check(got, partial_attention_reference(*args, return_probs), dtype, return_probs)
+    check_attention(got, partial_attention_reference(*args, return_probs), dtype, return_probs)
 
 
 @pytest.mark.parametrize("splits", [None, "1", "3"], ids=lambda s: f"splits={s or 'auto'}")
@@ -131,7 +121,7 @@ def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages):
     out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
     ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
     assert out[1].isnan().all() and probs[1].isnan().all()
-    _check((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), torch.bfloat16, True)
+    check_attention((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), torch.bfloat16, True)
 
 
 def _plan(capfd, monkeypatch, shape, return_probs) -> dict[str, int]:
@@ -254,7 +244,7 @@ def test_wgmma_fully_masked_row(capfd, monkeypatch, shape, splits):
         out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
         ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
         assert out[1].isnan().all() and probs[1].isnan().all()
-        _check((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), dtype, True)
+        check_attention((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), dtype, True)
 
 
 # Persistent grid: DLLM_CORE_ATTN_WGMMA_GRID caps it, so each block runs many work units in a row (the
@@ -282,7 +272,7 @@ def test_wgmma_persistent_units(capfd, monkeypatch, shape, splits, grid):
     ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
     assert out[1].isnan().all() and probs[1].isnan().all()
     keep = [0] + list(range(2, shape[0]))
-    _check((out[keep], probs[keep]), (ref_out[keep], ref_probs[keep]), torch.bfloat16, True)
+    check_attention((out[keep], probs[keep]), (ref_out[keep], ref_probs[keep]), torch.bfloat16, True)
 
 
 def test_wgmma_plan_override(capfd, monkeypatch):
@@ -335,7 +325,7 @@ def test_chained_launch(capfd, monkeypatch, shape, mma, splits, slices, pdl):
     B, n, _, _, _, T = shape
     for _ in range(2):
         torch.full((B * n * T,), 7.0, device="cuda")  # freed at once: the next (B, n, T) block is dirty
-        _check(torch.ops.dllm_core.partial_attention(*args, True), want, torch.bfloat16, True)
+        check_attention(torch.ops.dllm_core.partial_attention(*args, True), want, torch.bfloat16, True)
     static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
@@ -351,4 +341,4 @@ def test_chained_launch(capfd, monkeypatch, shape, mma, splits, slices, pdl):
             dst.copy_(src)
         graph.replay()
         torch.cuda.synchronize()
-        _check(got, partial_attention_reference(*fresh, True), torch.bfloat16, True)
+        check_attention(got, partial_attention_reference(*fresh, True), torch.bfloat16, True)

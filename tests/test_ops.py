@@ -22,11 +22,10 @@ from dllm_core.ops.certainty_density import certainty_density_topk_reference
 from dllm_core.ops.kv_cache_update import kv_cache_update_reference
 from dllm_core.ops.partial_attention import partial_attention_reference
 
-from op_kernels import DEVICES, HAS_CUDA, need_kernel, run_error_script
+from op_kernels import DEVICES, HAS_CUDA, TOL, check_attention, need_kernel, run_error_script
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (atol, rtol) of the attention output and the rotated keys, per dtype; probabilities are float32.
-TOL = {torch.float32: (2e-5, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 
 
 def _key_mask(B: int, T: int, device: str) -> torch.Tensor:
@@ -58,15 +57,6 @@ def _attn_inputs(shape, dtype, device):
     return q, k, v, _key_mask(B, T, device), D ** -0.5
 
 
-def _check_attention(got, want, dtype, return_probs):
-    atol, rtol = TOL[dtype]
-    torch.testing.assert_close(got[0].float(), want[0].float(), atol=atol, rtol=rtol)
-    assert got[0].dtype == want[0].dtype and got[0].shape == want[0].shape
-    torch.testing.assert_close(got[1], want[1], atol=2e-5, rtol=1e-3)
-    if return_probs:
-        torch.testing.assert_close(got[1].sum(-1), torch.ones_like(got[1][..., 0]), atol=1e-4, rtol=0)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=str)
@@ -77,7 +67,7 @@ def test_partial_attention_compiled(device, dtype, shape, return_probs):
         pytest.skip("outside the CUDA kernel's contract (the wrapper uses the reference)")
     args = _attn_inputs(shape, dtype, device)
     got = torch.ops.dllm_core.partial_attention(*args, return_probs)
-    _check_attention(got, partial_attention_reference(*args, return_probs), dtype, return_probs)
+    check_attention(got, partial_attention_reference(*args, return_probs), dtype, return_probs)
 
 
 @pytest.mark.cuda
@@ -91,7 +81,7 @@ def test_partial_attention_cuda_grids(shape):
         args = _attn_inputs(shape, dtype, "cuda")
         for return_probs in (False, True):
             got = torch.ops.dllm_core.partial_attention(*args, return_probs)
-            _check_attention(got, partial_attention_reference(*args, return_probs), dtype, return_probs)
+            check_attention(got, partial_attention_reference(*args, return_probs), dtype, return_probs)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -105,7 +95,7 @@ def test_partial_attention_strided_views(device):
     v = torch.randn(B, T + 50, Hkv, D, device=device, dtype=torch.bfloat16)[:, :T]
     args = (q, k, v, _key_mask(B, T, device), 0.125)
     got = torch.ops.dllm_core.partial_attention(*args, True)
-    _check_attention(got, partial_attention_reference(*args, True), torch.bfloat16, True)
+    check_attention(got, partial_attention_reference(*args, True), torch.bfloat16, True)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -117,7 +107,7 @@ def test_partial_attention_fully_masked_row_is_nan_like_reference(device):
     ref_out, ref_probs = partial_attention_reference(*args, True)
     assert out[1].isnan().all() and probs[1].isnan().all()
     assert ref_out[1].isnan().all() and ref_probs[1].isnan().all()
-    _check_attention((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), torch.bfloat16, True)
+    check_attention((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), torch.bfloat16, True)
 
 
 # ---- kv cache update ------------------------------------------------------------------------
@@ -275,7 +265,7 @@ def test_disable_extension_env_forces_references():
 def test_dispatch_matches_reference(device, dtype):
     """The public wrappers agree with the references whichever path they take (fp32 on CUDA: reference)."""
     args = _attn_inputs((2, 4, 8, 2, 64, 130), dtype, device)
-    _check_attention(ops.partial_attention(*args, True), partial_attention_reference(*args, True), dtype, True)
+    check_attention(ops.partial_attention(*args, True), partial_attention_reference(*args, True), dtype, True)
     out, probs = ops.partial_attention(*args)
     assert probs.numel() == 0 and out.shape == args[0].shape
 
