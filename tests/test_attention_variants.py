@@ -2,8 +2,9 @@
 
 The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/attention_plan.cu):
 main-pass row tile (32, 64 or 128 rows per block), K/V pipeline depth (2 or 3 stages), key splits,
-probability-pass row tile (32 or 64) and query-head slices.  The environment variables
-``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``, ``..._SPLITS``, ``..._PROBS_ROWS`` and ``..._HEAD_SLICES``
+probability-pass row tile (32 or 64), its Q/K ring depth (2 or 3 stages) and query-head slices.  The
+environment variables ``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``, ``..._SPLITS``, ``..._PROBS_ROWS``,
+``..._PROBS_STAGES`` and ``..._HEAD_SLICES``
 override those choices, ``..._MMA=wgmma/sync`` the main pass's MMA flavour (the automatic plan takes
 wgmma for 128-row tiles on sm_90a) and ``..._WGMMA_GRID`` caps the wgmma pass's persistent grid (read
 at every call), so each variant runs on every shape here, including shapes its automatic choice never
@@ -27,7 +28,7 @@ from op_kernels import HAS_CUDA, check_attention
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
-       "DLLM_CORE_ATTN_PDL")
+       "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
@@ -96,13 +97,18 @@ def test_main_pass_variants(monkeypatch, shape, rows, stages, splits):
             _run_and_check(shape, dtype, return_probs, strided_q=(i == 1))
 
 
+@pytest.mark.parametrize("probs_stages", [None, "2", "3"], ids=lambda s: f"probs_stages={s or 'auto'}")
 @pytest.mark.parametrize("slices", [None, "1", "2", "7"], ids=lambda s: f"slices={s or 'auto'}")
 @pytest.mark.parametrize("probs_rows", [None, "32", "64"], ids=lambda r: f"probs_rows={r or 'auto'}")
 @pytest.mark.parametrize("shape", SHAPES + [(2, 70, 4, 2, 128, 4160)], ids=str)
-def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices):
-    """Every probability-pass row tile x head slicing (plain stores / atomics) on every shape."""
+def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices, probs_stages):
+    """Every probability-pass row tile x ring depth x head slicing (plain stores / atomics) on every shape;
+    7 slices of 14 or 28 heads start and end inside GQA groups, 1-head slices leave the ring's later
+    commit groups empty."""
     if probs_rows:
         monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
+    if probs_stages:
+        monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_STAGES", probs_stages)
     if slices:  # a slice count that does not divide H is ignored by the plan (auto)
         monkeypatch.setenv("DLLM_CORE_ATTN_HEAD_SLICES", slices)
     for dtype in (torch.bfloat16, torch.float16):
@@ -151,7 +157,8 @@ def _plan(capfd, monkeypatch, shape, return_probs) -> dict[str, int]:
     ((1, 32, 28, 4, 128, 4096), 128, 32),    # Dream q = 32: 224 rows
 ], ids=str)
 def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
-    """The automatic plan: row tiles by rows per (batch, kv head), K/V stages, consistent key splits."""
+    """The automatic plan: row tiles by rows per (batch, kv head), K/V stages, consistent key splits, the
+    probability pass's ring depth."""
     B, n, H, Hkv, D, T = shape
     plan = _plan(capfd, monkeypatch, shape, True)
     assert (plan["rows"], plan["probs_rows"]) == (rows, probs_rows)
@@ -168,6 +175,11 @@ def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
     assert 1 <= plan["splits"] <= min(n_tiles, 64)
     assert plan["splits"] * plan["tiles_per_split"] >= n_tiles > (plan["splits"] - 1) * plan["tiles_per_split"]
     assert plan["row_blocks"] * probs_rows >= n and H % plan["head_slices"] == 0
+    probs_blocks = n_tiles * plan["row_blocks"] * B * plan["head_slices"]
+    if plan["probs_stages"] == 3:  # two heads in flight: 64-row blocks whose grid fits one wave of 2 per SM
+        assert probs_rows == 64 and probs_blocks <= 2 * sms
+    else:
+        assert plan["probs_stages"] == 2
     if blocks >= 3 * sms:
         assert plan["splits"] == 1, "a grid that fills the GPU is not split"
     if B == 1 and T >= 2048:
@@ -180,13 +192,17 @@ def test_plan_overrides_and_bad_values(capfd, monkeypatch):
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "128")
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "4")
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "3")
-    plan = _plan(capfd, monkeypatch, shape, False)
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_STAGES", "3")
+    plan = _plan(capfd, monkeypatch, shape, True)
     assert (plan["rows"], plan["stages"], plan["splits"], plan["tiles_per_split"]) == (128, 3, 4, 4)
+    assert plan["probs_stages"] == 3
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "48")  # not a variant: ignored
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "0")
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "4")
-    plan = _plan(capfd, monkeypatch, shape, False)
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_STAGES", "4")
+    plan = _plan(capfd, monkeypatch, shape, True)
     assert plan["rows"] == 32 and plan["stages"] == 2 and plan["splits"] >= 1
+    assert plan["probs_stages"] in (2, 3), "an invalid ring depth falls back to the automatic one"
 
 
 # ---- wgmma main pass (csrc/cuda/partial_attention_wgmma.cu, sm_90a): DLLM_CORE_ATTN_MMA=wgmma ----------

@@ -43,7 +43,7 @@ bool attention_supported(DType dtype, int head_dim) {
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 0, 0};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0};
   plan.pdl = pdl_enabled(device) ? 1 : 0;
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
@@ -116,7 +116,8 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   if (probs) {
     plan.probs_rows = env_int("DLLM_CORE_ATTN_PROBS_ROWS", n <= 32 ? 32 : 64, [](int v) { return v == 32 || v == 64; });
     plan.row_blocks = ceil_div(n, plan.probs_rows);
-    const int slots = (plan.probs_rows == 32 ? 4 : 3) * sms;  // resident blocks: 48 / 64 KB of shared memory at D = 128
+    // Resident blocks, shared-memory bound at D = 128: 48 / 64 KB per block with 2 stages, 72 / 96 KB with 3.
+    auto slots = [&](int stages) { return ((plan.probs_rows == 32 ? 4 : 3) - (stages - 2)) * sms; };
     const long pbase = static_cast<long>(n_tiles) * plan.row_blocks * B;
     // Head slices: the divisor s of H (query heads) minimising
     //   ceil(pbase s / slots) * H / s           the busiest slot's serial head iterations
@@ -124,21 +125,33 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
     // (ties: fewer slices).  Fit on the H100 over the 48 ops_bench shapes x 6 slice counts
     // (benchmarks/results/h100-session4-slices.json): 0.8% above the best count on average, 9% at worst;
     // the previous rule (smallest divisor of Hkv that fills the slots) was 10.6% / 59% above it.
-    double best_slice_cost = -1.0;
-    for (int s = 1; s <= H; ++s) {
-      if (H % s != 0) continue;
-      const double cost = static_cast<double>((pbase * s + slots - 1) / slots) * (H / s) +
-                          5e-6 * (s - 1) * static_cast<double>(B) * n * T;
-      if (best_slice_cost < 0.0 || cost < best_slice_cost) best_slice_cost = cost, plan.head_slices = s;
-    }
+    auto slices_for = [&](int stages) {
+      double best_cost = -1.0;
+      int best = 1;
+      for (int s = 1; s <= H; ++s) {
+        if (H % s != 0) continue;
+        const double cost = static_cast<double>((pbase * s + slots(stages) - 1) / slots(stages)) * (H / s) +
+                            5e-6 * (s - 1) * static_cast<double>(B) * n * T;
+        if (best_cost < 0.0 || cost < best_cost) best_cost = cost, best = s;
+      }
+      return best;
+    };
+    // Ring depth: 3 stages (two heads in flight) for 64-row blocks whose grid fits in one wave of the
+    // 3-stage slots, else 2.  Sweep on the H100 (benchmarks/results/h100-session5-probs-stages.json, 48
+    // shapes): where this takes 3 stages (22 shapes), 1-6% faster at 18 and 1-6% slower at 4 (batch 1,
+    // within its run-to-run spread); 32-row blocks and multi-wave grids were 2-34% slower with 3.
+    const int auto_stages = plan.probs_rows == 64 && pbase * slices_for(3) <= slots(3) ? 3 : 2;
+    plan.probs_stages = env_int("DLLM_CORE_ATTN_PROBS_STAGES", auto_stages, [](int v) { return v == 2 || v == 3; });
+    plan.head_slices = slices_for(plan.probs_stages);
     plan.head_slices = env_int("DLLM_CORE_ATTN_HEAD_SLICES", plan.head_slices,
                                [H](int v) { return v >= 1 && v <= H && H % v == 0; });
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
-                 "tiles_per_split=%d probs=%d probs_rows=%d row_blocks=%d head_slices=%d mma=%d pdl=%d\n", B, n, H, Hkv,
-                 T, plan.rows, plan.stages, plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows,
-                 plan.row_blocks, plan.head_slices, plan.mma, plan.pdl);
+                 "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "
+                 "pdl=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits, plan.tiles_per_split,
+                 probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks, plan.head_slices, plan.mma,
+                 plan.pdl);
   return plan;
 }
 

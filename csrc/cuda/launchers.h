@@ -38,6 +38,7 @@ struct AttentionPlan {
   int head_slices;      // probability pass: query-head slices summed with atomics (1 = plain stores)
   int rows;             // main pass: rows per block, 32 (2 warps x 16), 64 (4 x 16) or 128 (4 x 32)
   int probs_rows;       // probability pass: query rows per block, 32 (2 warps) or 64 (4 warps)
+  int probs_stages;     // probability pass: Q/K ring stages, 2 (one head in flight) or 3 (two)
   int stages;           // main pass: K/V tiles in the shared-memory ring, 2 (double buffer) or 3; 3 (128-key stages) with mma = 1
   int mma;              // main pass: 0 mma.sync (the row tiles above), 1 wgmma (sm_90a, 128 rows, warp-specialised, fixed 3-stage ring)
   int pdl;              // 1: the combine and probability kernels are launched as programmatic dependents (pdl.cuh)

@@ -4,9 +4,11 @@
 // A block owns 64 keys x kRows query rows of one batch and loops over heads, recomputing the
 // scores with the tensor cores and normalising them with the log2-sum-exp the main pass left, so
 // the head mean is summed in registers.  Variants: 32 rows = 2 warps (q <= 32: no idle warps),
-// 64 rows = 4 warps (the original).  Q tiles and K tiles (one per kv head) are double-buffered with
-// cp.async; the next head's log-sum-exp is fetched one head ahead so its global-load latency hides
-// behind the current head's MMAs.  For small grids the query heads are sliced over blocks that add
+// 64 rows = 4 warps (the original).  Q tiles and K tiles (one per kv head) stream through a ring of
+// STAGES buffers with cp.async: 2 stages fetch one head ahead; 3 stages fetch two heads ahead, at
+// 50% more shared memory (plan field probs_stages).  A head's compute (a 64-key Q K^T) is much shorter
+// than an L2 round trip, so with one head in flight each head pays most of that latency.  The next
+// head's log-sum-exp is fetched one head ahead so its global-load latency hides behind the MMAs.  For small grids the query heads are sliced over blocks that add
 // their parts with float atomics (into the output the main pass zeroed).  Launched as a programmatic
 // dependent (pdl.cuh): the first head's copies and Q K^T run before pdl_wait(), under the main pass or
 // the combine.
@@ -21,31 +23,35 @@ namespace dllm_core {
 namespace cuda {
 namespace {
 
-template <typename T, int D, int WARPS>
+template <typename T, int D, int WARPS, int STAGES>
 struct ProbsConfig {
   static constexpr int kRows = WARPS * 16, kThreads = WARPS * 32;
-  static constexpr size_t kSmem = sizeof(T) * D * (2 * kRows + 2 * kBlockN);  // 2 stages of Q and K
+  static constexpr size_t kSmem = sizeof(T) * D * STAGES * (kRows + kBlockN);  // STAGES x (Q, K)
+  static_assert(STAGES == 2 || STAGES == 3, "one or two heads in flight");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
 };
 
-// Min blocks per SM = the plan's residency assumption (4 / 3 at D = 128, shared-memory bound): keeps
-// ptxas from trading it away for registers (64 rows sit at ~166 of the 168 that 3 blocks allow).
-template <typename T, int D, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
+// Min blocks per SM = the plan's residency assumption at D = 128, shared-memory bound (2 stages: 4 / 3,
+// 3 stages: 3 / 2): keeps ptxas from trading it away for registers (64 rows, 2 stages sit at ~166 of
+// the 168 that 3 blocks allow).
+template <typename T, int D, int WARPS, int STAGES>
+__global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2))
     attn_probs_kernel(AttentionParams p, int row_blocks, int heads_per_slice) {
-  using Cfg = ProbsConfig<T, D, WARPS>;
+  using Cfg = ProbsConfig<T, D, WARPS, STAGES>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* sQ = reinterpret_cast<T*>(smem);  // 2 stages
-  T* sK = sQ + 2 * kRows * D;          // 2 stages
+  T* sQ = reinterpret_cast<T*>(smem);  // STAGES stages
+  T* sK = sQ + STAGES * kRows * D;     // STAGES stages
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // Blocks sharing a key tile are adjacent in launch order (x fastest), so K is read from DRAM once.
   const int b = blockIdx.z, t0 = blockIdx.y * kBlockN;
   const int r0 = (blockIdx.x % row_blocks) * kRows, slice = blockIdx.x / row_blocks;
   const int group = p.H / p.Hkv;
   const int h_begin = slice * heads_per_slice, h_end = h_begin + heads_per_slice;
-  // K tile of kv head j in stage (j - kv_first) & 1: a slice may start or end inside a GQA group.
+  // K tile of kv head j in stage (j - kv_first) % STAGES: a slice may start or end inside a GQA group.
+  // That stage last held kv head j - STAGES, whose last head is at least STAGES - 1 heads before j's
+  // first, so the ring's end-of-iteration barrier has released it when j's copy is issued.
   const int kv_first = h_begin / group;
   const int valid_keys = min(kBlockN, p.T - t0);
   const T* kbase = static_cast<const T*>(p.k) + b * p.k_s[0] + t0 * p.k_s[1];
@@ -64,9 +70,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
 
   auto issue = [&](int h) {
     const int i = h - h_begin;
-    load_q<D, kRows, kThreads>(sQ + (i & 1) * kRows * D, p, b, h, r0, p.n, 1);
+    load_q<D, kRows, kThreads>(sQ + (i % STAGES) * kRows * D, p, b, h, r0, p.n, 1);
     if (i == 0 || h % group == 0) {  // the slice's first head, or the first of a new kv head
-      T* dst = sK + ((h / group - kv_first) & 1) * kBlockN * D;
+      T* dst = sK + ((h / group - kv_first) % STAGES) * kBlockN * D;
       load_rows<D, kBlockN, kThreads>(dst, kbase + (h / group) * p.k_s[2], p.k_s[1], valid_keys);
     }
   };
@@ -81,22 +87,23 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   float lse[2], lse_next[2] = {0.f, 0.f};
-  issue(h_begin);
-  cp_async_commit();
+  // One commit group per head, empty past the slice's end, so "all but the newest STAGES - 1 groups
+  // complete" always means head h has landed.
+#pragma unroll
+  for (int j = 0; j < STAGES - 1; ++j) {
+    if (h_begin + j < h_end) issue(h_begin + j);
+    cp_async_commit();
+  }
   for (int h = h_begin; h < h_end; ++h) {
     const int i = h - h_begin;
-    if (h + 1 < h_end) {
-      issue(h + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    if (h + STAGES - 1 < h_end) issue(h + STAGES - 1);
+    cp_async_commit();
+    cp_async_wait<STAGES - 1>();
     __syncthreads();
     uint32_t qf[D / 16][4];
-    q_fragments<D>(qf, sQ + (i & 1) * kRows * D, warp * 16, lane);
+    q_fragments<D>(qf, sQ + (i % STAGES) * kRows * D, warp * 16, lane);
     float s[8][4];
-    qk_tile<D>(s, qf, sK + ((h / group - kv_first) & 1) * kBlockN * D, lane);
+    qk_tile<D>(s, qf, sK + ((h / group - kv_first) % STAGES) * kBlockN * D, lane);
     if (i == 0) {  // everything so far read only inputs; the log-sum-exp comes from the kernel before
       pdl_wait();
       read_lse(h, lse);
@@ -137,10 +144,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 2 ? 4 : 3)
   }
 }
 
-template <typename T, int D, int WARPS>
+template <typename T, int D, int WARPS, int STAGES>
 cudaError_t launch_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  using Cfg = ProbsConfig<T, D, WARPS>;
-  auto kernel = attn_probs_kernel<T, D, WARPS>;
+  using Cfg = ProbsConfig<T, D, WARPS, STAGES>;
+  auto kernel = attn_probs_kernel<T, D, WARPS, STAGES>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid(plan.row_blocks * plan.head_slices, (p.T + kBlockN - 1) / kBlockN, p.B);
@@ -151,9 +158,12 @@ cudaError_t launch_probs(const AttentionParams& p, const AttentionPlan& plan, cu
 template <typename T, int D>
 cudaError_t launch_probs_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   if (plan.row_blocks * plan.probs_rows < p.n || p.H % plan.head_slices != 0) return cudaErrorInvalidValue;
-  return plan.probs_rows == 32   ? launch_probs<T, D, 2>(p, plan, stream)
-         : plan.probs_rows == 64 ? launch_probs<T, D, 4>(p, plan, stream)
-                                 : cudaErrorInvalidValue;
+  const int variant = plan.probs_rows * 10 + plan.probs_stages;
+  return variant == 322   ? launch_probs<T, D, 2, 2>(p, plan, stream)
+         : variant == 323 ? launch_probs<T, D, 2, 3>(p, plan, stream)
+         : variant == 642 ? launch_probs<T, D, 4, 2>(p, plan, stream)
+         : variant == 643 ? launch_probs<T, D, 4, 3>(p, plan, stream)
+                          : cudaErrorInvalidValue;
 }
 
 }  // namespace
