@@ -8,10 +8,10 @@
 // STAGES buffers with cp.async: 2 stages fetch one head ahead; 3 stages fetch two heads ahead, at
 // 50% more shared memory (plan field probs_stages).  A head's compute (a 64-key Q K^T) is much shorter
 // than an L2 round trip, so with one head in flight each head pays most of that latency.  The next
-// head's log-sum-exp is fetched one head ahead so its global-load latency hides behind the MMAs.  For small grids the query heads are sliced over blocks that add
-// their parts with float atomics (into the output the main pass zeroed).  Launched as a programmatic
-// dependent (pdl.cuh): the first head's copies and Q K^T run before pdl_wait(), under the main pass or
-// the combine.
+// head's log-sum-exp is fetched one head ahead so its global-load latency hides behind the MMAs.
+// For small grids the query heads are sliced over blocks that add their parts with float atomics
+// (into the output the main pass zeroed).  Launched as a programmatic dependent (pdl.cuh): the
+// first head's copies and Q K^T run before pdl_wait(), under the main pass or the combine.
 //
 // Bytes: besides the output, the pass reads K once (each block's key tile once per kv head; the
 // blocks sharing a key tile are adjacent in launch order so K comes from DRAM once) and Q once per
