@@ -8,8 +8,21 @@
 
 #include <cstdint>
 
+#include "launchers.h"
+
 namespace dllm_core {
 namespace cuda {
+
+// Host side: returns f(T{}) for the element type T of dtype (bfloat16, float16, else float32), so a
+// launcher picks its kernel instantiation with decltype on the argument.
+template <typename F>
+cudaError_t with_element_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kBFloat16: return f(__nv_bfloat16{});
+    case DType::kFloat16: return f(__half{});
+    default: return f(float{});
+  }
+}
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }

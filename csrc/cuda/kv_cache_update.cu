@@ -58,11 +58,7 @@ cudaError_t launch_typed(const KvUpdateParams& p, cudaStream_t stream) {
 
 cudaError_t launch_kv_cache_update(const KvUpdateParams& p, cudaStream_t stream) {
   if (p.B == 0 || p.n == 0) return cudaSuccess;
-  switch (p.dtype) {
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
-    case DType::kFloat16: return launch_typed<__half>(p, stream);
-    default: return launch_typed<float>(p, stream);
-  }
+  return with_element_type(p.dtype, [&](auto t) { return launch_typed<decltype(t)>(p, stream); });
 }
 
 }  // namespace cuda

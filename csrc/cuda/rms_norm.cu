@@ -96,11 +96,7 @@ cudaError_t launch_typed(const RmsNormParams& p, cudaStream_t stream) {
 
 template <bool ADD>
 cudaError_t launch_add(const RmsNormParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16, ADD>(p, stream);
-    case DType::kFloat16: return launch_typed<__half, ADD>(p, stream);
-    default: return launch_typed<float, ADD>(p, stream);
-  }
+  return with_element_type(p.dtype, [&](auto t) { return launch_typed<decltype(t), ADD>(p, stream); });
 }
 
 }  // namespace
