@@ -121,17 +121,18 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
     const long pbase = static_cast<long>(n_tiles) * plan.row_blocks * B;
     // Head slices: the divisor s of H (query heads) minimising
     //   ceil(pbase s / slots) * H / s           the busiest slot's serial head iterations
-    //   + 5 (s - 1) B n T / 1e6                 the float atomics of s > 1 slices (1 M ~ 5 iterations)
-    // (ties: fewer slices).  Fit on the H100 over the 48 ops_bench shapes x 6 slice counts
-    // (benchmarks/results/h100-session4-slices.json): 0.8% above the best count on average, 9% at worst;
-    // the previous rule (smallest divisor of Hkv that fills the slots) was 10.6% / 59% above it.
+    //   + 3 (s - 1) B n T / 1e6                 the atomic adds of s > 1 slices (1 M floats ~ 3 iterations)
+    // (ties: fewer slices).  Fit on the H100 over the 48 ops_bench shapes x 6 slice counts: with float4
+    // atomics (benchmarks/results/h100-session6-slices-float4.json) 0.2% above the best count on average,
+    // 6% at worst (the scalar-atomic fit, 5 per M, h100-session4-slices.json, was 0.8% / 9% then and is
+    // 0.6% / 9% now); the first rule (smallest divisor of Hkv that fills the slots) was 10.6% / 59% above.
     auto slices_for = [&](int stages) {
       double best_cost = -1.0;
       int best = 1;
       for (int s = 1; s <= H; ++s) {
         if (H % s != 0) continue;
         const double cost = static_cast<double>((pbase * s + slots(stages) - 1) / slots(stages)) * (H / s) +
-                            5e-6 * (s - 1) * static_cast<double>(B) * n * T;
+                            3e-6 * (s - 1) * static_cast<double>(B) * n * T;
         if (best_cost < 0.0 || cost < best_cost) best_cost = cost, best = s;
       }
       return best;

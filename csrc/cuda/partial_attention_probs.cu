@@ -55,6 +55,7 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
   const int kv_first = h_begin / group;
   const int valid_keys = min(kBlockN, p.T - t0);
   const T* kbase = static_cast<const T*>(p.k) + b * p.k_s[0] + t0 * p.k_s[1];
+  const T* qbase = static_cast<const T*>(p.q) + b * p.q_s[0] + r0 * p.q_s[1];
   const float scale_log2 = p.scale * kLog2e;
   const int my_row = r0 + warp * 16 + (lane >> 2);  // and my_row + 8
 
@@ -70,7 +71,9 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
 
   auto issue = [&](int h) {
     const int i = h - h_begin;
-    load_q<D, kRows, kThreads>(sQ + (i % STAGES) * kRows * D, p, b, h, r0, p.n, 1);
+    // Q rows of head h are rows of stride q_s[1]: the precomputed-address copy of load_rows (load_q's
+    // per-chunk index math was a fifth of the loop's instructions).
+    load_rows<D, kRows, kThreads>(sQ + (i % STAGES) * kRows * D, qbase + h * p.q_s[2], p.q_s[1], p.n - r0);
     if (i == 0 || h % group == 0) {  // the slice's first head, or the first of a new kv head
       T* dst = sK + ((h / group - kv_first) % STAGES) * kBlockN * D;
       load_rows<D, kBlockN, kThreads>(dst, kbase + (h / group) * p.k_s[2], p.k_s[1], valid_keys);
@@ -109,14 +112,21 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
       read_lse(h, lse);
     }
     if (h + 1 < h_end) read_lse(h + 1, lse_next);  // consumed next iteration
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float fill = lse[r] == -INFINITY ? NAN : 0.f;  // no attendable key at all: NaN, as the reference
+    if (valid == 0xffffu) {  // all 16 columns attendable (so every row's lse is finite): no selects
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 2; ++e)
-          acc[j][2 * r + e] += (valid >> (2 * j + e)) & 1u ? fast_exp2(s[j][2 * r + e] * scale_log2 - lse[r]) : fill;
+        for (int x = 0; x < 4; ++x) acc[j][x] += fast_exp2(s[j][x] * scale_log2 - lse[x >> 1]);
+    } else {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float fill = lse[r] == -INFINITY ? NAN : 0.f;  // no attendable key at all: NaN, as the reference
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            acc[j][2 * r + e] += (valid >> (2 * j + e)) & 1u ? fast_exp2(s[j][2 * r + e] * scale_log2 - lse[r]) : fill;
+      }
     }
     lse[0] = lse_next[0], lse[1] = lse_next[1];
     __syncthreads();
@@ -124,20 +134,45 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
 
   const float inv_heads = 1.f / static_cast<float>(p.H);
   const bool atomic = gridDim.x > row_blocks;
-  const bool pairs = !atomic && (p.T & 1) == 0;  // (row, even column) is 8-byte aligned
+  float* pbase = p.probs + static_cast<int64_t>(b) * p.n * p.T + t0;
+  if ((p.T & 3) == 0) {
+    // Rows are 16-byte aligned: lanes pair up (lane ^ 1 holds the next two columns) and swap halves,
+    // the even lane taking 4 columns of row my_row, the odd one 4 of row my_row + 8, so each thread
+    // stores (or, with head slices, adds: one vector atomic for four float ones) a float4 per key block.
+    const bool odd = lane & 1;
+    const int row = my_row + (odd ? 8 : 0);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float give0 = odd ? acc[j][0] : acc[j][2], give1 = odd ? acc[j][1] : acc[j][3];
+      const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1), got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+      const float4 v = odd ? make_float4(got0 * inv_heads, got1 * inv_heads, acc[j][2] * inv_heads, acc[j][3] * inv_heads)
+                           : make_float4(acc[j][0] * inv_heads, acc[j][1] * inv_heads, got0 * inv_heads, got1 * inv_heads);
+      const int c = j * 8 + 2 * (lane & 3) - (odd ? 2 : 0);
+      if (row >= p.n || c >= valid_keys) continue;
+      float* dst = pbase + static_cast<int64_t>(row) * p.T + c;
+      if (c + 3 < valid_keys) {
+#if __CUDA_ARCH__ >= 900
+        if (atomic) { atomicAdd(reinterpret_cast<float4*>(dst), v); continue; }
+#else
+        if (atomic) { atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w); continue; }
+#endif
+        *reinterpret_cast<float4*>(dst) = v;
+        continue;
+      }
+      const float e[4] = {v.x, v.y, v.z, v.w};
+      for (int k = 0; k < 4 && c + k < valid_keys; ++k) atomic ? (void)atomicAdd(dst + k, e[k]) : (void)(dst[k] = e[k]);
+    }
+    return;
+  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = my_row + 8 * r;
     if (row >= p.n) continue;
-    float* prow = p.probs + (static_cast<int64_t>(b) * p.n + row) * p.T + t0;
+    float* prow = pbase + static_cast<int64_t>(row) * p.T;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int c = j * 8 + 2 * (lane & 3);
       const float v0 = acc[j][2 * r] * inv_heads, v1 = acc[j][2 * r + 1] * inv_heads;
-      if (pairs && c + 1 < valid_keys) {
-        *reinterpret_cast<float2*>(prow + c) = make_float2(v0, v1);
-        continue;
-      }
       if (c < valid_keys) atomic ? (void)atomicAdd(prow + c, v0) : (void)(prow[c] = v0);
       if (c + 1 < valid_keys) atomic ? (void)atomicAdd(prow + c + 1, v1) : (void)(prow[c + 1] = v1);
     }
