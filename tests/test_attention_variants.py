@@ -4,7 +4,7 @@ The CUDA launcher picks a plan per call (``plan_attention`` in csrc/cuda/attenti
 main-pass row tile (32, 64 or 128 rows per block), K/V pipeline depth (2 or 3 stages), key splits,
 probability-pass row tile (32 or 64), its Q/K ring depth (2 or 3 stages) and query-head slices.  The
 environment variables ``DLLM_CORE_ATTN_ROWS``, ``..._STAGES``, ``..._SPLITS``, ``..._PROBS_ROWS``,
-``..._PROBS_STAGES``, ``..._HEAD_SLICES`` and ``..._KEY_GROUPS`` (two warp groups per main-pass block)
+``..._PROBS_STAGES`` and ``..._HEAD_SLICES``
 override those choices, ``..._MMA=wgmma/sync`` the main pass's MMA flavour (the automatic plan takes
 wgmma for 128-row tiles on sm_90a) and ``..._WGMMA_GRID`` caps the wgmma pass's persistent grid (read
 at every call), so each variant runs on every shape here, including shapes its automatic choice never
@@ -28,11 +28,11 @@ from op_kernels import HAS_CUDA, check_attention
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
-       "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES", "DLLM_CORE_ATTN_KEY_GROUPS")
+       "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
-# GQA groups 1, 2, 4, 7, key counts off the 64-key tile (multiples of 4 and not: the probability pass
-# stores or adds float4s only when T % 4 == 0).
+# GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
+# stores float pairs only for even T).
 SHAPES = [
     (1, 1, 4, 4, 128, 1),       # 1 row, 1 key
     (3, 17, 4, 4, 64, 77),      # 17 rows (32-row tile, half empty)
@@ -97,23 +97,6 @@ def test_main_pass_variants(monkeypatch, shape, rows, stages, splits):
             _run_and_check(shape, dtype, return_probs, strided_q=(i == 1))
 
 
-@pytest.mark.parametrize("splits", [None, "1", "3"], ids=lambda s: f"splits={s or 'auto'}")
-@pytest.mark.parametrize("rows", ["32", "64"], ids=lambda r: f"rows={r}")
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_key_groups_variants(monkeypatch, shape, rows, splits):
-    """Two key groups per main-pass block (alternate tiles, merged on chip) on every shape, including
-    splits of one tile (group 1 empty) and fully split grids, bf16 and fp16, probabilities on/off."""
-    monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
-    monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
-    monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "2")
-    monkeypatch.setenv("DLLM_CORE_ATTN_KEY_GROUPS", "2")
-    if splits:
-        monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
-    for i, dtype in enumerate((torch.bfloat16, torch.float16)):
-        for return_probs in (False, True):
-            _run_and_check(shape, dtype, return_probs, strided_q=(i == 1))
-
-
 @pytest.mark.parametrize("probs_stages", [None, "2", "3"], ids=lambda s: f"probs_stages={s or 'auto'}")
 @pytest.mark.parametrize("slices", [None, "1", "2", "7"], ids=lambda s: f"slices={s or 'auto'}")
 @pytest.mark.parametrize("probs_rows", [None, "32", "64"], ids=lambda r: f"probs_rows={r or 'auto'}")
@@ -134,10 +117,8 @@ def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices, probs
 
 @pytest.mark.parametrize("stages", ["2", "3"])
 @pytest.mark.parametrize("rows,splits", [("32", "1"), ("64", "3"), ("128", "1"), ("128", "3")])
-@pytest.mark.parametrize("key_groups", ["1", "2"])
-def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages, key_groups):
+def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages):
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
-    monkeypatch.setenv("DLLM_CORE_ATTN_KEY_GROUPS", key_groups)  # applies to 32/64 rows with 2 stages
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", stages)
@@ -199,8 +180,6 @@ def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
         assert probs_rows == 64 and probs_blocks <= 2 * sms
     else:
         assert plan["probs_stages"] == 2
-    kg_ok = plan["mma"] == 0 and rows <= 64 and plan["stages"] == 2
-    assert plan["key_groups"] == (2 if kg_ok and blocks * plan["splits"] <= sms else 1)
     if blocks >= 3 * sms:
         assert plan["splits"] == 1, "a grid that fills the GPU is not split"
     if B == 1 and T >= 2048:
@@ -214,20 +193,14 @@ def test_plan_overrides_and_bad_values(capfd, monkeypatch):
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "4")
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "3")
     monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_STAGES", "3")
-    monkeypatch.setenv("DLLM_CORE_ATTN_KEY_GROUPS", "2")
     plan = _plan(capfd, monkeypatch, shape, True)
     assert (plan["rows"], plan["stages"], plan["splits"], plan["tiles_per_split"]) == (128, 3, 4, 4)
     assert plan["probs_stages"] == 3
-    assert plan["key_groups"] == 1, "key groups only for 32/64-row tiles with 2 stages"
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", "48")  # not a variant: ignored
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", "0")
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", "4")
     monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_STAGES", "4")
-    monkeypatch.setenv("DLLM_CORE_ATTN_KEY_GROUPS", "3")
     plan = _plan(capfd, monkeypatch, shape, True)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    auto_kg = 2 if plan["stages"] == 2 and 32 * plan["splits"] <= sms else 1  # 32 (batch, head) blocks x splits
-    assert plan["key_groups"] == auto_kg, "an invalid group count falls back to the automatic one"
     assert plan["rows"] == 32 and plan["stages"] == 2 and plan["splits"] >= 1
     assert plan["probs_stages"] in (2, 3), "an invalid ring depth falls back to the automatic one"
 

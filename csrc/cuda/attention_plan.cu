@@ -43,7 +43,7 @@ bool attention_supported(DType dtype, int head_dim) {
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 1};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0};
   plan.pdl = pdl_enabled(device) ? 1 : 0;
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
@@ -113,16 +113,6 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   plan.splits = std::max(1, std::min(plan.splits, n_tiles));
   plan.tiles_per_split = ceil_div(n_tiles, plan.splits);
   plan.splits = ceil_div(n_tiles, plan.tiles_per_split);  // no empty split
-  // Key groups: a grid of at most one block per SM (batch 1) leaves each SM one 2- or 4-warp block
-  // whose every tile is a chain of dependent steps (latency bound, not bandwidth bound: 27-58% of copy
-  // bandwidth at batch 1).  Two warp groups per block, each with its own ring, take alternate tiles and
-  // merge on chip (partial_attention.cu).  Only for the mma.sync 32/64-row tiles with 2 stages (the
-  // shared memory of two 3-stage rings would not fit next to the Q copies).
-  const long main_blocks = static_cast<long>(base) * plan.splits;
-  const bool kg_ok = plan.mma == 0 && plan.rows <= 64 && plan.stages == 2;
-  plan.key_groups = env_int("DLLM_CORE_ATTN_KEY_GROUPS", kg_ok && main_blocks <= sms ? 2 : 1,
-                            [](int v) { return v == 1 || v == 2; });
-  if (!kg_ok) plan.key_groups = 1;
   if (probs) {
     plan.probs_rows = env_int("DLLM_CORE_ATTN_PROBS_ROWS", n <= 32 ? 32 : 64, [](int v) { return v == 32 || v == 64; });
     plan.row_blocks = ceil_div(n, plan.probs_rows);
@@ -160,9 +150,9 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
                  "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "
-                 "pdl=%d key_groups=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits, plan.tiles_per_split,
+                 "pdl=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits, plan.tiles_per_split,
                  probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks, plan.head_slices, plan.mma,
-                 plan.pdl, plan.key_groups);
+                 plan.pdl);
   return plan;
 }
 

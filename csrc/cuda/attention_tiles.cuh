@@ -23,13 +23,11 @@ __device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7))
 // of every RSTEP-th row, so the loop unrolls to cp.asyncs whose source advances by one stride and
 // whose destination is one of P precomputed bases plus an immediate (the row's swizzle repeats
 // every 8 rows: P = 1 for RSTEP a multiple of 8, else 8 / RSTEP) instead of per-copy index math.
-// `tid` is the thread's index among the THREADS (a warp group's own index when groups copy separately).
 template <int D, int ROWS, int THREADS, typename T>
-__device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int rows_valid,
-                                          int tid = threadIdx.x) {
+__device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int rows_valid) {
   constexpr int C = D / 8, RSTEP = THREADS / C, P = RSTEP % 8 == 0 ? 1 : 8 / RSTEP;
   static_assert(THREADS % C == 0 && ROWS % RSTEP == 0 && (RSTEP % 8 == 0 || 8 % RSTEP == 0), "copy split");
-  const int c = tid % C, r0 = tid / C;
+  const int c = threadIdx.x % C, r0 = threadIdx.x / C;
   uint32_t dst[P];
 #pragma unroll
   for (int j = 0; j < P; ++j) dst[j] = smem_addr(s + swz<D>(r0 + j * RSTEP, c) - j * RSTEP * D);
@@ -49,11 +47,10 @@ __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, 
 
 // ROWS query rows of a group-packed Q tile: packed row m -> (query row m / group, head h0 + m % group).
 template <int D, int ROWS, int THREADS, typename T>
-__device__ __forceinline__ void load_q(T* s, const AttentionParams& p, int b, int h0, int m0, int M, int group,
-                                       int tid = threadIdx.x) {
+__device__ __forceinline__ void load_q(T* s, const AttentionParams& p, int b, int h0, int m0, int M, int group) {
   constexpr int C = D / 8;
   const T* q = static_cast<const T*>(p.q);
-  for (int i = tid; i < ROWS * C; i += THREADS) {
+  for (int i = threadIdx.x; i < ROWS * C; i += THREADS) {
     const int r = i / C, c = i % C, m = m0 + r;
     const bool ok = m < M;
     const T* src = q;

@@ -29,40 +29,26 @@ namespace dllm_core {
 namespace cuda {
 namespace {
 
-template <typename T, int D, int WARPS, int MT, int STAGES, int KG>
+template <typename T, int D, int WARPS, int MT, int STAGES>
 struct MainConfig {
-  // kThreads per key group; KG groups per block, each with its own Q copy and K/V ring.
-  static constexpr int kRows = WARPS * 16 * MT, kThreads = WARPS * 32, kGroupElems = D * (kRows + 2 * STAGES * kBlockN);
-  static constexpr size_t kSmem = sizeof(T) * KG * kGroupElems;  // KG x (Q + STAGES x (K, V))
+  static constexpr int kRows = WARPS * 16 * MT, kThreads = WARPS * 32;
+  static constexpr size_t kSmem = sizeof(T) * D * (kRows + 2 * STAGES * kBlockN);  // Q + STAGES x (K, V)
   static_assert(MT == 1 || MT == 2, "one or two 16-row slabs per warp");
-  static_assert(KG == 1 || (KG == 2 && MT == 1), "two key groups only for the 16-row-slab tiles");
-  static_assert(KG == 1 || sizeof(float) * kThreads * (D / 2 + 4) <= sizeof(T) * kGroupElems, "merge buffer");
   static_assert(STAGES == 2 || STAGES == 3, "double buffer or 3-stage ring");
   static_assert(kBlockN == 64, "one warp ballot per column parity covers the tile's 64 keys");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
 };
 
-template <typename T, int D, int WARPS, int MT, int STAGES, int KG>
-__global__ void __launch_bounds__(WARPS * 32 * KG) attn_main_kernel(AttentionParams p, int tiles_per_split) {
-  using Cfg = MainConfig<T, D, WARPS, MT, STAGES, KG>;
+template <typename T, int D, int WARPS, int MT, int STAGES>
+__global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p, int tiles_per_split) {
+  using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
   extern __shared__ __align__(128) unsigned char smem[];
-  // Key group kg (KG = 2) takes every other tile of the split with its own Q copy and ring, and the
-  // groups merge their (max, sum, accumulator) in shared memory at the end: twice the warps per SM for
-  // grids of one block per SM (batch 1) without the float32 partials a second key split would write.
-  const int kg = KG == 1 ? 0 : threadIdx.x / kThreads, tid = KG == 1 ? threadIdx.x : threadIdx.x % kThreads;
-  T* sQ = reinterpret_cast<T*>(smem) + kg * Cfg::kGroupElems;
+  T* sQ = reinterpret_cast<T*>(smem);
   T* sK = sQ + kRows * D;             // STAGES stages
   T* sV = sK + STAGES * kBlockN * D;  // STAGES stages
-  auto group_sync = [&] {
-    if constexpr (KG == 1) {
-      __syncthreads();
-    } else {
-      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + kg), "r"(kThreads) : "memory");
-    }
-  };
-  const int warp = tid >> 5, lane = threadIdx.x & 31, row0 = warp * 16 * MT;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * 16 * MT;
   const int b = blockIdx.z / p.Hkv, g = blockIdx.z % p.Hkv, split = blockIdx.y;
   const int group = p.H / p.Hkv, M = p.n * group, m0 = blockIdx.x * kRows;
   const int n_tiles = (p.T + kBlockN - 1) / kBlockN;
@@ -78,16 +64,15 @@ __global__ void __launch_bounds__(WARPS * 32 * KG) attn_main_kernel(AttentionPar
 
   auto load_kv = [&](int tile, int stage) {
     const int t0 = tile * kBlockN, valid = min(kBlockN, p.T - t0);
-    load_rows<D, kBlockN, kThreads>(sK + stage * kBlockN * D, kbase + t0 * p.k_s[1], p.k_s[1], valid, tid);
-    load_rows<D, kBlockN, kThreads>(sV + stage * kBlockN * D, vbase + t0 * p.v_s[1], p.v_s[1], valid, tid);
+    load_rows<D, kBlockN, kThreads>(sK + stage * kBlockN * D, kbase + t0 * p.k_s[1], p.k_s[1], valid);
+    load_rows<D, kBlockN, kThreads>(sV + stage * kBlockN * D, vbase + t0 * p.v_s[1], p.v_s[1], valid);
   };
-  // Prologue: the group's tiles 0 .. STAGES-2 of the split, one commit group each (Q rides with the
-  // first); groups are committed even when empty so that "tile r landed" is always wait_group<STAGES-2>.
-  load_q<D, kRows, kThreads>(sQ, p, b, g * group, m0, M, group, tid);
-  const int first = tile_begin + kg;
+  // Prologue: tiles 0 .. STAGES-2 of the split, one commit group each (Q rides with the first);
+  // groups are committed even when empty so that "tile r landed" is always wait_group<STAGES-2>.
+  load_q<D, kRows, kThreads>(sQ, p, b, g * group, m0, M, group);
 #pragma unroll
   for (int r = 0; r < STAGES - 1; ++r) {
-    if (first + r * KG < tile_end) load_kv(first + r * KG, r);
+    if (tile_begin + r < tile_end) load_kv(tile_begin + r, r);
     cp_async_commit();
   }
 
@@ -101,8 +86,8 @@ __global__ void __launch_bounds__(WARPS * 32 * KG) attn_main_kernel(AttentionPar
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) m_run[mt][0] = m_run[mt][1] = -INFINITY, l_run[mt][0] = l_run[mt][1] = 0.f;
 
-  int stage = 0;  // the group's tile r lives in stage r % STAGES
-  for (int tile = first; tile < tile_end; tile += KG, stage = stage + 1 == STAGES ? 0 : stage + 1) {
+  int stage = 0;  // tile r of the split lives in stage r % STAGES
+  for (int tile = tile_begin; tile < tile_end; ++tile, stage = stage + 1 == STAGES ? 0 : stage + 1) {
     const int t0 = tile * kBlockN;
     // Attendable keys of the tile, read before the wait so the load latency overlaps the copy: lane
     // l reads keys 2l, 2l+1 and two ballots share them (bit i of valid[e] = key 2i + e); a thread's
@@ -115,27 +100,27 @@ __global__ void __launch_bounds__(WARPS * 32 * KG) attn_main_kernel(AttentionPar
       valid[1] = __ballot_sync(0xffffffffu, k1) >> (lane & 3);
     }
     if constexpr (STAGES == 2) {
-      if (tile + KG < tile_end) {  // prefetch the next tile into the other stage, then wait for this one
-        load_kv(tile + KG, stage ^ 1);
+      if (tile + 1 < tile_end) {  // prefetch the next tile into the other stage, then wait for this one
+        load_kv(tile + 1, stage ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
       }
-      group_sync();
+      __syncthreads();
     } else {
       cp_async_wait<STAGES - 2>();  // this tile landed (the STAGES-2 newer ones may still fly)
-      group_sync();  // ... for every thread, and every warp is done with the previous tile, whose
-                     // stage the next copy refills: no barrier at the end of the iteration
+      __syncthreads();  // ... for every thread, and every warp is done with the previous tile, whose
+                        // stage the next copy refills: no barrier at the end of the iteration
       const int fill = stage == 0 ? STAGES - 1 : stage - 1;
-      if (tile + (STAGES - 1) * KG < tile_end) load_kv(tile + (STAGES - 1) * KG, fill);
+      if (tile + STAGES - 1 < tile_end) load_kv(tile + STAGES - 1, fill);
       cp_async_commit();
     }
 
     float s[MT][8][4];
     const T* sKs = sK + stage * kBlockN * D;
     if constexpr (MT == 1) {
-      if (tile == first) q_fragments<D>(qf, sQ, row0, lane);
+      if (tile == tile_begin) q_fragments<D>(qf, sQ, row0, lane);
       qk_tile<D>(s[0], qf, sKs, lane);
     } else {
       qk_tile_smem<D, MT>(s, sQ, row0, sKs, lane);
@@ -201,40 +186,9 @@ __global__ void __launch_bounds__(WARPS * 32 * KG) attn_main_kernel(AttentionPar
         }
       }
     }
-    if constexpr (STAGES == 2) group_sync();  // this stage is refilled by the next iteration's prefetch
+    if constexpr (STAGES == 2) __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
   cp_async_wait<0>();  // an empty split still has the Q copy in flight
-  if constexpr (KG == 2) {
-    // Group 1 hands its state to group 0 through shared memory (both rings are idle after the barrier);
-    // thread tid of both groups holds the same rows and columns, so the buffer is [value][tid].
-    float* xch = reinterpret_cast<float*>(smem);
-    constexpr int kO = D / 2;  // o[0][D / 8][4]
-    __syncthreads();
-    if (kg == 1) {
-#pragma unroll
-      for (int i = 0; i < kO; ++i) xch[i * kThreads + tid] = o[0][i >> 2][i & 3];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        xch[(kO + r) * kThreads + tid] = m_run[0][r];
-        xch[(kO + 2 + r) * kThreads + tid] = l_run[0][r];
-      }
-    }
-    __syncthreads();
-    if (kg == 1) return;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m1 = xch[(kO + r) * kThreads + tid], m_new = fmaxf(m_run[0][r], m1);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;  // both empty: weights 0
-      const float a0 = fast_exp2(m_run[0][r] - m_use), a1 = fast_exp2(m1 - m_use);
-      m_run[0][r] = m_new;
-      l_run[0][r] = l_run[0][r] * a0 + xch[(kO + 2 + r) * kThreads + tid] * a1;
-#pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn)
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-          o[0][dn][2 * r + e] = o[0][dn][2 * r + e] * a0 + xch[(dn * 4 + 2 * r + e) * kThreads + tid] * a1;
-    }
-  }
 
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -293,28 +247,20 @@ __global__ void attn_combine_kernel(AttentionParams p, int splits) {
 }
 
 
-template <typename T, int D, int WARPS, int MT, int STAGES, int KG = 1>
+template <typename T, int D, int WARPS, int MT, int STAGES>
 cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  using Cfg = MainConfig<T, D, WARPS, MT, STAGES, KG>;
-  auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES, KG>;
+  using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
+  auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
   const dim3 grid((M + Cfg::kRows - 1) / Cfg::kRows, plan.splits, p.B * p.Hkv);
-  kernel<<<grid, Cfg::kThreads * KG, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);  // a plain launch: see pdl.cuh
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);  // a plain launch: see pdl.cuh
   return cudaGetLastError();
 }
 
 template <typename T, int D, int STAGES>
 cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  if (plan.key_groups == 2) {
-    if constexpr (STAGES == 2) {
-      return plan.rows == 32   ? launch_main<T, D, 2, 1, 2, 2>(p, plan, stream)
-             : plan.rows == 64 ? launch_main<T, D, 4, 1, 2, 2>(p, plan, stream)
-                               : cudaErrorInvalidValue;
-    }
-    return cudaErrorInvalidValue;
-  }
   return plan.rows == 32    ? launch_main<T, D, 2, 1, STAGES>(p, plan, stream)
          : plan.rows == 64  ? launch_main<T, D, 4, 1, STAGES>(p, plan, stream)
          : plan.rows == 128 ? launch_main<T, D, 4, 2, STAGES>(p, plan, stream)
