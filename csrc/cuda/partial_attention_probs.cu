@@ -10,8 +10,10 @@
 // than an L2 round trip, so with one head in flight each head pays most of that latency.  The next
 // head's log-sum-exp is fetched one head ahead so its global-load latency hides behind the MMAs.
 // For small grids the query heads are sliced over blocks that add their parts with float atomics
-// (into the output the main pass zeroed).  Launched as a programmatic dependent (pdl.cuh): the
-// first head's copies and Q K^T run before pdl_wait(), under the main pass or the combine.
+// (into the output the main pass zeroed); where T % 4 == 0 each thread stores or adds float4s (one
+// sm_90 vector atomic per four floats: the atomics were a large part of the batch-1 pass).  Launched
+// as a programmatic dependent (pdl.cuh): the first head's copies and Q K^T run before pdl_wait(),
+// under the main pass or the combine.
 //
 // Bytes: besides the output, the pass reads K once (each block's key tile once per kv head; the
 // blocks sharing a key tile are adjacent in launch order so K comes from DRAM once) and Q once per
@@ -145,8 +147,9 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
     for (int j = 0; j < 8; ++j) {
       const float give0 = odd ? acc[j][0] : acc[j][2], give1 = odd ? acc[j][1] : acc[j][3];
       const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1), got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
-      const float4 v = odd ? make_float4(got0 * inv_heads, got1 * inv_heads, acc[j][2] * inv_heads, acc[j][3] * inv_heads)
-                           : make_float4(acc[j][0] * inv_heads, acc[j][1] * inv_heads, got0 * inv_heads, got1 * inv_heads);
+      const float x0 = odd ? got0 : acc[j][0], x1 = odd ? got1 : acc[j][1];
+      const float x2 = odd ? acc[j][2] : got0, x3 = odd ? acc[j][3] : got1;
+      const float4 v = make_float4(x0 * inv_heads, x1 * inv_heads, x2 * inv_heads, x3 * inv_heads);
       const int c = j * 8 + 2 * (lane & 3) - (odd ? 2 : 0);
       if (row >= p.n || c >= valid_keys) continue;
       float* dst = pbase + static_cast<int64_t>(row) * p.T + c;
@@ -154,7 +157,10 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
 #if __CUDA_ARCH__ >= 900
         if (atomic) { atomicAdd(reinterpret_cast<float4*>(dst), v); continue; }
 #else
-        if (atomic) { atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w); continue; }
+        if (atomic) {
+          atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w);
+          continue;
+        }
 #endif
         *reinterpret_cast<float4*>(dst) = v;
         continue;
