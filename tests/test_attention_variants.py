@@ -31,8 +31,8 @@ ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", 
        "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
-# GQA groups 1, 2, 4, 7, key counts off the 64-key tile (odd and even: the probability pass
-# stores float pairs only for even T).
+# GQA groups 1, 2, 4, 7, key counts off the 64-key tile (multiples of 4 and not: the probability pass
+# stores or adds float4s only when T % 4 == 0).
 SHAPES = [
     (1, 1, 4, 4, 128, 1),       # 1 row, 1 key
     (3, 17, 4, 4, 64, 77),      # 17 rows (32-row tile, half empty)
