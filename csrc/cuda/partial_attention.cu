@@ -220,7 +220,50 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
     }
 }
 
-// Merges the key splits of each (batch, head, row): blockDim = (D / 4, 4), one row per y.
+// A split main pass leaves, per split s and (batch, head, row) bhr of the B * H * n rows, the running
+// max m and sum l of its keys' exp2 scores (part_ml) and the unnormalised output (part_o).
+// combine_chunk loads kSplitChunk splits' partials at once before using any: a loop with one dependent
+// load per split pays an L2 round trip per split.
+constexpr int kSplitChunk = 8;
+
+// Four output columns d..d+3 of row bhr, merged and rounded to T (l == 0, every key masked: NaN, as the
+// reference's softmax gives); returns the row's log2-sum-exp (-inf when l == 0).
+template <typename T, int D>
+__device__ __forceinline__ float combine_chunk(const AttentionParams& p, int splits, int64_t rows, int64_t bhr, int d) {
+  float m = -INFINITY, l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int s0 = 0; s0 < splits; s0 += kSplitChunk) {
+    float2 ml[kSplitChunk];
+    float4 po[kSplitChunk];
+#pragma unroll
+    for (int j = 0; j < kSplitChunk; ++j) {
+      const bool ok = s0 + j < splits;
+      const int64_t part = (s0 + j) * rows + bhr;
+      ml[j] = ok ? *reinterpret_cast<const float2*>(p.part_ml + part * 2) : make_float2(-INFINITY, 0.f);
+      po[j] = ok ? *reinterpret_cast<const float4*>(p.part_o + part * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    float m_new = m;
+#pragma unroll
+    for (int j = 0; j < kSplitChunk; ++j) m_new = fmaxf(m_new, ml[j].x);
+    if (m_new == -INFINITY) continue;  // no attendable key so far
+    const float alpha = exp2f(m - m_new);  // 0 when m = -inf
+    l *= alpha, acc[0] *= alpha, acc[1] *= alpha, acc[2] *= alpha, acc[3] *= alpha;
+#pragma unroll
+    for (int j = 0; j < kSplitChunk; ++j) {
+      const float w = ml[j].x == -INFINITY ? 0.f : exp2f(ml[j].x - m_new);  // an empty split weighs nothing
+      l += w * ml[j].y;
+      acc[0] += w * po[j].x, acc[1] += w * po[j].y, acc[2] += w * po[j].z, acc[3] += w * po[j].w;
+    }
+    m = m_new;
+  }
+  const int64_t row = bhr % p.n, h = (bhr / p.n) % p.H, b = bhr / (static_cast<int64_t>(p.n) * p.H);
+  T* out = static_cast<T*>(p.out) + ((b * p.n + row) * p.H + h) * D + d;
+  const float inv = 1.f / l;
+  *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(acc[0] * inv, acc[1] * inv), pack2<T>(acc[2] * inv, acc[3] * inv));
+  return l > 0.f ? m + log2f(l) : -INFINITY;
+}
+
+// Merges the key splits of each (batch, head, row): blockDim = (D / 4, 4), one row per y; leaves the
+// merged log2-sum-exp for the probability pass.
 template <typename T, int D>
 __global__ void attn_combine_kernel(AttentionParams p, int splits) {
   pdl_launch_dependents();
@@ -228,22 +271,8 @@ __global__ void attn_combine_kernel(AttentionParams p, int splits) {
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.n;
   const int64_t bhr = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
   if (bhr >= rows) return;
-  const int d = threadIdx.x * 4;
-  float m_max = -INFINITY;
-  for (int s = 0; s < splits; ++s) m_max = fmaxf(m_max, p.part_ml[(s * rows + bhr) * 2]);
-  float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int s = 0; s < splits; ++s) {
-    const float2 ml = *reinterpret_cast<const float2*>(p.part_ml + (s * rows + bhr) * 2);
-    const float w = ml.x == -INFINITY ? 0.f : exp2f(ml.x - m_max);  // empty split weighs nothing
-    const float4 po = *reinterpret_cast<const float4*>(p.part_o + (s * rows + bhr) * D + d);
-    l += w * ml.y;
-    acc[0] += w * po.x, acc[1] += w * po.y, acc[2] += w * po.z, acc[3] += w * po.w;
-  }
-  const int row = bhr % p.n, h = (bhr / p.n) % p.H, b = bhr / (static_cast<int64_t>(p.n) * p.H);
-  T* out = static_cast<T*>(p.out) + ((static_cast<int64_t>(b) * p.n + row) * p.H + h) * D + d;
-  const float inv = 1.f / l;  // l == 0: NaN output, as the reference
-  *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(acc[0] * inv, acc[1] * inv), pack2<T>(acc[2] * inv, acc[3] * inv));
-  if (p.lse != nullptr && threadIdx.x == 0) p.lse[bhr] = l > 0.f ? m_max + log2f(l) : -INFINITY;
+  const float lse = combine_chunk<T, D>(p, splits, rows, bhr, threadIdx.x * 4);
+  if (p.lse != nullptr && threadIdx.x == 0) p.lse[bhr] = lse;
 }
 
 
