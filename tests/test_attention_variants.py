@@ -186,6 +186,21 @@ def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
         assert plan["splits"] > 1, "batch 1 long T is split to fill the GPU"
 
 
+@pytest.mark.parametrize("shape,splits", [
+    ((1, 32, 32, 32, 128, 512), 4),    # LLaDA q = 32: one tile per split would cost more in partials
+    ((1, 32, 32, 32, 128, 1024), 4),
+    ((1, 32, 32, 32, 128, 4096), 8),   # two blocks per SM: co-resident 2-warp blocks share it well
+    ((1, 64, 32, 32, 128, 2048), 4),
+    ((1, 64, 32, 32, 128, 4096), 8),
+], ids=str)
+def test_plan_split_counts_h100(capfd, monkeypatch, shape, splits):
+    """The split model's picks at the LLaDA-8B batch-1 shapes it was refit on (132 SMs, mma.sync main pass;
+    benchmarks/results/h100-session7-splits.json)."""
+    if torch.cuda.get_device_properties(0).multi_processor_count != 132:
+        pytest.skip("the split counts are those of a 132-SM GPU (H100 SXM)")
+    assert _plan(capfd, monkeypatch, shape, False)["splits"] == splits
+
+
 def test_plan_overrides_and_bad_values(capfd, monkeypatch):
     shape = (1, 32, 32, 32, 128, 1024)
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")

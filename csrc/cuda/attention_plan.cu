@@ -88,25 +88,32 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
   const int target = per_sm * sms;
   const int base = B * Hkv * ceil_div(M, plan.rows);
   // Key splits, where B x Hkv x row tiles leaves resident slots idle: minimise the K/V tiles of the
-  // busiest SM (tiles per split x its blocks: co-resident blocks share the SM's bandwidth), plus, when
+  // busiest SM (tiles per split x its blocks, each block after the first weighted `shared`), plus, when
   // splitting, 0.5 tile for the combine kernel and 2 x the float32 partials every split block writes
   // and the combine reads back (rows x D x 4 bytes each way = rows / 64 K/V tiles each way, spread over
-  // the slots); ties go to fewer splits.  Fit on the H100 over the 24 batch-1 ops_bench shapes x 8 split
-  // counts (benchmarks/results/h100-session4-splits.json): 1.4% above the best count on average, 7% at
-  // worst; the previous model (waves x tiles per split + 2 + partials) was 6.7% / 53% above, over-
-  // splitting the mma.sync tiles (e.g. 8 splits where 4 ran 21% faster at LLaDA q64 T1024) and leaving
-  // Dream-7B q128 T512 unsplit.  The partials term keeps Dream-7B at q=128, T=4096 off 64 one-tile splits
-  // (0.3x of SDPA flash when its partials outweighed its GQA-small K/V reads).
+  // the slots); ties go to fewer splits.  shared = 1 for wgmma (its persistent grid runs a block's units
+  // one after another) and 0.75 for mma.sync (co-resident blocks, latency bound at batch 1, slow each
+  // other down by less than a second wave would).  Fit on the H100, batch-1 ops_bench shapes x split
+  // counts: with shared = 1 (benchmarks/results/h100-session4-splits.json) 1.4% above the best count on
+  // average, 7% at worst, where the previous model (waves x tiles per split + 2 + partials) was 6.7% / 53%
+  // above, over-splitting the mma.sync tiles (8 splits where 4 ran 21% faster at LLaDA q64 T1024) and
+  // leaving Dream-7B q128 T512 unsplit; after the combine's batched loads (h100-session7-splits.json, with
+  // and without probabilities) shared = 0.75 for mma.sync is 1.13% above on average instead of 1.58%
+  // (session-4 sweep: 1.61% instead of 2.10%), giving LLaDA-8B q32 T2048/4096 and q64 T4096 8 splits
+  // instead of 4: 3-8% faster in medians of 3 repeats (spread 0.1-0.8 us).  The partials term keeps
+  // Dream-7B at q=128, T=4096 off 64 one-tile splits (0.3x of SDPA flash when its partials outweighed its
+  // GQA-small K/V reads).
   // The wgmma kernel streams 128-key tiles: its automatic splits take whole ones (an even tiles_per_split;
   // a forced split count may still end a split inside a tile, which the kernel masks).
   const int max_splits = std::min(n_tiles, 64), unit = plan.mma == 1 ? 2 : 1;
+  const double shared = plan.mma == 1 ? 1.0 : 0.75;
   double best_cost = -1.0;
   for (int s = 1; s <= max_splits && base < target; ++s) {
     const int tps = unit * ceil_div(ceil_div(n_tiles, unit), s), eff = ceil_div(n_tiles, tps);
     if (eff != s) continue;  // same as a smaller count
     const long busiest = (static_cast<long>(base) * eff + sms - 1) / sms;  // blocks on the busiest SM
     const double partials = static_cast<double>(base) * eff * (plan.rows / 32) / target;
-    const double cost = static_cast<double>(busiest * tps) + (eff > 1 ? 0.5 + 2.0 * partials : 0.0);
+    const double cost = tps * (1.0 + shared * static_cast<double>(busiest - 1)) + (eff > 1 ? 0.5 + 2.0 * partials : 0.0);
     if (best_cost < 0.0 || cost < best_cost - 1e-9) best_cost = cost, plan.splits = eff;
   }
   plan.splits = env_int("DLLM_CORE_ATTN_SPLITS", plan.splits, [](int v) { return v >= 1 && v <= 64; });
