@@ -9,7 +9,7 @@ override those choices, ``..._MMA=wgmma/sync`` the main pass's MMA flavour (the 
 wgmma for 128-row tiles on sm_90a) and ``..._WGMMA_GRID`` caps the wgmma pass's persistent grid (read
 at every call), so each variant runs on every shape here, including shapes its automatic choice never
 sees; ``..._PDL=0`` launches the combine and probability kernels as plain stream successors instead of
-programmatic dependents;
+programmatic dependents; ``..._CARVEOUT=0`` leaves the L1 / shared-memory split to the driver;
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
 """
@@ -28,7 +28,7 @@ from op_kernels import HAS_CUDA, check_attention
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
-       "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES")
+       "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES", "DLLM_CORE_ATTN_CARVEOUT")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (multiples of 4 and not: the probability pass
@@ -331,6 +331,15 @@ def test_wgmma_plan_override(capfd, monkeypatch):
 
 
 # ---- programmatic dependent launch (csrc/cuda/pdl.cuh): combine and probability pass start early ----------
+
+@pytest.mark.parametrize("carveout", ["1", "0"], ids=lambda v: f"carveout={v}")
+@pytest.mark.parametrize("shape", [(2, 64, 4, 4, 128, 1030), (1, 32, 28, 4, 128, 515)], ids=str)
+def test_carveout_switch(monkeypatch, shape, carveout):
+    """The chain's kernels with the largest shared-memory carveout (default) and with the driver's choice."""
+    monkeypatch.setenv("DLLM_CORE_ATTN_CARVEOUT", carveout)
+    for return_probs in (False, True):
+        _run_and_check(shape, torch.bfloat16, return_probs)
+
 
 @pytest.mark.parametrize("pdl", ["1", "0"], ids=lambda v: f"pdl={v}")
 @pytest.mark.parametrize("mma,splits,slices", [

@@ -164,6 +164,22 @@ __device__ __forceinline__ void zero_probs_share(const AttentionParams& p, int64
   }
 }
 
+// Sets a chain kernel's dynamic shared memory and asks for the largest shared-memory carveout.  An SM's
+// L1 / shared split is fixed while any block is resident on it, and the driver sizes it for the kernel that
+// fills the SM first: sized for the main pass alone, it left no room for the probability pass's blocks,
+// which then could not start under the main pass (programmatic launch) at the 64-row shapes.
+// DLLM_CORE_ATTN_CARVEOUT=0 leaves the split to the driver (A/B benchmarks).
+template <typename Kernel>
+cudaError_t set_chain_smem(Kernel kernel, size_t smem) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const char* env = std::getenv("DLLM_CORE_ATTN_CARVEOUT");
+  const bool max_shared = env == nullptr || std::strcmp(env, "0") != 0;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                              max_shared ? static_cast<int>(cudaSharedmemCarveoutMaxShared)
+                                         : static_cast<int>(cudaSharedmemCarveoutDefault));
+}
+
 // Probability pass (partial_attention_probs.cu); plan.probs_rows picks its row-tile variant.
 cudaError_t launch_attention_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
 

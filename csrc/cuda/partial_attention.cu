@@ -280,7 +280,7 @@ template <typename T, int D, int WARPS, int MT, int STAGES>
 cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
   auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
+  cudaError_t err = set_chain_smem(kernel, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
   const dim3 grid((M + Cfg::kRows - 1) / Cfg::kRows, plan.splits, p.B * p.Hkv);

@@ -189,7 +189,7 @@ template <typename T, int D, int WARPS, int STAGES>
 cudaError_t launch_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   using Cfg = ProbsConfig<T, D, WARPS, STAGES>;
   auto kernel = attn_probs_kernel<T, D, WARPS, STAGES>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
+  cudaError_t err = set_chain_smem(kernel, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid(plan.row_blocks * plan.head_slices, (p.T + kBlockN - 1) / kBlockN, p.B);
   return launch_chained(kernel, grid, dim3(Cfg::kThreads), Cfg::kSmem, stream, plan.pdl == 1, p, plan.row_blocks,
