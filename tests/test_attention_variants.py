@@ -10,6 +10,7 @@ wgmma for 128-row tiles on sm_90a) and ``..._WGMMA_GRID`` caps the wgmma pass's 
 at every call), so each variant runs on every shape here, including shapes its automatic choice never
 sees; ``..._PDL=0`` launches the combine and probability kernels as plain stream successors instead of
 programmatic dependents; ``..._CARVEOUT=0`` leaves the L1 / shared-memory split to the driver;
+``..._PROBS_KEY_HALVES=0/1`` one or two warps per 16-row slab of the probability pass;
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
 """
@@ -28,7 +29,8 @@ from op_kernels import HAS_CUDA, check_attention
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
-       "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES", "DLLM_CORE_ATTN_CARVEOUT")
+       "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES", "DLLM_CORE_ATTN_CARVEOUT",
+       "DLLM_CORE_ATTN_PROBS_KEY_HALVES")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (multiples of 4 and not: the probability pass
@@ -115,9 +117,25 @@ def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices, probs
         _run_and_check(shape, dtype, True)
 
 
+@pytest.mark.parametrize("halves", ["0", "1"], ids=lambda v: f"key_halves={v}")
+@pytest.mark.parametrize("probs_stages", ["2", "3"], ids=lambda s: f"probs_stages={s}")
+@pytest.mark.parametrize("probs_rows", ["32", "64"], ids=lambda r: f"probs_rows={r}")
+@pytest.mark.parametrize("shape", SHAPES + [(2, 70, 4, 2, 128, 4160)], ids=str)
+def test_probability_key_halves(monkeypatch, shape, probs_rows, probs_stages, halves):
+    """One or two warps per 16-row slab (the automatic plan: two for 32-row blocks) in every row tile and ring
+    depth, with the automatic head slices (plain stores and atomics)."""
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_STAGES", probs_stages)
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_KEY_HALVES", halves)
+    for dtype in (torch.bfloat16, torch.float16):
+        _run_and_check(shape, dtype, True)
+
+
+@pytest.mark.parametrize("probs_rows", ["32", "64"])  # 32: key halves (automatic)
 @pytest.mark.parametrize("stages", ["2", "3"])
 @pytest.mark.parametrize("rows,splits", [("32", "1"), ("64", "3"), ("128", "1"), ("128", "3")])
-def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages):
+def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages, probs_rows):
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
@@ -175,6 +193,7 @@ def test_plan_decisions(capfd, monkeypatch, shape, rows, probs_rows):
     assert 1 <= plan["splits"] <= min(n_tiles, 64)
     assert plan["splits"] * plan["tiles_per_split"] >= n_tiles > (plan["splits"] - 1) * plan["tiles_per_split"]
     assert plan["row_blocks"] * probs_rows >= n and H % plan["head_slices"] == 0
+    assert plan["probs_key_halves"] == (1 if probs_rows == 32 else 0)
     probs_blocks = n_tiles * plan["row_blocks"] * B * plan["head_slices"]
     if plan["probs_stages"] == 3:  # two heads in flight: 64-row blocks whose grid fits one wave of 2 per SM
         assert probs_rows == 64 and probs_blocks <= 2 * sms

@@ -43,7 +43,7 @@ bool attention_supported(DType dtype, int head_dim) {
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 0};
   plan.pdl = pdl_enabled(device) ? 1 : 0;
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
@@ -153,13 +153,20 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
     plan.head_slices = slices_for(plan.probs_stages);
     plan.head_slices = env_int("DLLM_CORE_ATTN_HEAD_SLICES", plan.head_slices,
                                [H](int v) { return v >= 1 && v <= H && H % v == 0; });
+    // Key halves (two warps per 16-row slab, 32 keys each: half the dependent MMA and exponential chain per
+    // warp) for 32-row blocks.  A/B on the H100 over the 48 ops_bench shapes (session 7,
+    // benchmarks/results/h100-session7-key-halves-{on,off}.json): 32-row blocks 0.89x-1.00x the time (batch
+    // 1: 0.89x-0.99x), 64-row blocks 0.93x-1.08x (slower at LLaDA batch 1 and at batch 16), so 64-row
+    // blocks keep one warp per slab.  DLLM_CORE_ATTN_PROBS_KEY_HALVES=0/1 overrides.
+    plan.probs_key_halves = env_int("DLLM_CORE_ATTN_PROBS_KEY_HALVES", plan.probs_rows == 32 ? 1 : 0,
+                                    [](int v) { return v == 0 || v == 1; });
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
                  "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "
-                 "pdl=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits, plan.tiles_per_split,
-                 probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks, plan.head_slices, plan.mma,
-                 plan.pdl);
+                 "pdl=%d probs_key_halves=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits,
+                 plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks,
+                 plan.head_slices, plan.mma, plan.pdl, plan.probs_key_halves);
   return plan;
 }
 

@@ -103,15 +103,16 @@ __device__ __forceinline__ void v_fragments(uint32_t& b0, uint32_t& b1, uint32_t
   ldmatrix_x4_trans(smem_addr(sV) + kk * 16 * D * 2 + off, b0, b1, b2, b3);
 }
 
-// s[j] (keys 8j..8j+7 of the tile) = Q K^T for 16 rows whose A fragments are in registers.
-template <int D, typename T>
-__device__ __forceinline__ void qk_tile(float (&s)[8][4], const uint32_t (&qf)[D / 16][4], const T* sK, int lane) {
+// s[j] (keys 8j..8j+7 of the tile, NB blocks) = Q K^T for 16 rows whose A fragments are in registers.
+template <int D, int NB = 8, typename T>
+__device__ __forceinline__ void qk_tile(float (&s)[NB][4], const uint32_t (&qf)[D / 16][4], const T* sK, int lane) {
+  static_assert(NB % 2 == 0, "key blocks come in pairs");
 #pragma unroll
-  for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+  for (int j = 0; j < NB; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-    for (int jp = 0; jp < 4; ++jp) {  // two 8-key column blocks per ldmatrix.x4
+    for (int jp = 0; jp < NB / 2; ++jp) {  // two 8-key column blocks per ldmatrix.x4
       uint32_t b0, b1, b2, b3;
       k_fragments<D>(b0, b1, b2, b3, sK, jp, kk, lane);
       mma16816<T>(s[2 * jp], qf[kk], b0, b1);

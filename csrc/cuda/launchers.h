@@ -42,6 +42,7 @@ struct AttentionPlan {
   int stages;           // main pass: K/V tiles in the shared-memory ring, 2 (double buffer) or 3; 3 (128-key stages) with mma = 1
   int mma;              // main pass: 0 mma.sync (the row tiles above), 1 wgmma (sm_90a, 128 rows, warp-specialised, fixed 3-stage ring)
   int pdl;              // 1: the combine and probability kernels are launched as programmatic dependents (pdl.cuh)
+  int probs_key_halves; // probability pass: 1 = two warps per 16-row slab, each taking 32 of the tile's 64 keys
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous

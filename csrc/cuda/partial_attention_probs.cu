@@ -4,7 +4,8 @@
 // A block owns 64 keys x kRows query rows of one batch and loops over heads, recomputing the
 // scores with the tensor cores and normalising them with the log2-sum-exp the main pass left, so
 // the head mean is summed in registers.  Variants: 32 rows = 2 warps (q <= 32: no idle warps),
-// 64 rows = 4 warps (the original).  Q tiles and K tiles (one per kv head) stream through a ring of
+// 64 rows = 4 warps (the original); with key halves (KS = 2, plan field probs_key_halves) twice the warps,
+// two per 16-row slab, each taking 32 of the tile's 64 keys.  Q tiles and K tiles (one per kv head) stream through a ring of
 // STAGES buffers with cp.async: 2 stages fetch one head ahead; 3 stages fetch two heads ahead, at
 // 50% more shared memory (plan field probs_stages).  A head's compute (a 64-key Q K^T) is much shorter
 // than an L2 round trip, so with one head in flight each head pays most of that latency.  The next
@@ -25,9 +26,9 @@ namespace dllm_core {
 namespace cuda {
 namespace {
 
-template <typename T, int D, int WARPS, int STAGES>
+template <typename T, int D, int WARPS, int STAGES, int KS = 1>
 struct ProbsConfig {
-  static constexpr int kRows = WARPS * 16, kThreads = WARPS * 32;
+  static constexpr int kRows = WARPS * 16, kThreads = WARPS * KS * 32;
   static constexpr size_t kSmem = sizeof(T) * D * STAGES * (kRows + kBlockN);  // STAGES x (Q, K)
   static_assert(STAGES == 2 || STAGES == 3, "one or two heads in flight");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
@@ -37,15 +38,18 @@ struct ProbsConfig {
 // Min blocks per SM = the plan's residency assumption at D = 128, shared-memory bound (2 stages: 4 / 3,
 // 3 stages: 3 / 2): keeps ptxas from trading it away for registers (64 rows, 2 stages sit at ~166 of
 // the 168 that 3 blocks allow).
-template <typename T, int D, int WARPS, int STAGES>
-__global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2))
+// KS = 2: twice the warps, each pair of warps sharing a 16-row slab and taking 32 of the tile's 64 keys
+// (half the dependent MMA / exponential chain per warp; the batch-1 pass is latency bound).
+template <typename T, int D, int WARPS, int STAGES, int KS>
+__global__ void __launch_bounds__(WARPS * KS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2))
     attn_probs_kernel(AttentionParams p, int row_blocks, int heads_per_slice) {
-  using Cfg = ProbsConfig<T, D, WARPS, STAGES>;
-  constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
+  using Cfg = ProbsConfig<T, D, WARPS, STAGES, KS>;
+  constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads, NB = 8 / KS;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);  // STAGES stages
   T* sK = sQ + STAGES * kRows * D;     // STAGES stages
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = KS == 1 ? threadIdx.x >> 5 : (threadIdx.x >> 5) % WARPS, lane = threadIdx.x & 31;
+  const int c0 = KS == 1 ? 0 : (threadIdx.x >> 5) / WARPS * 8 * NB;  // this warp's keys: columns c0 ..
   // Blocks sharing a key tile are adjacent in launch order (x fastest), so K is read from DRAM once.
   const int b = blockIdx.z, t0 = blockIdx.y * kBlockN;
   const int r0 = (blockIdx.x % row_blocks) * kRows, slice = blockIdx.x / row_blocks;
@@ -61,13 +65,13 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
   const float scale_log2 = p.scale * kLog2e;
   const int my_row = r0 + warp * 16 + (lane >> 2);  // and my_row + 8
 
-  // Which of this thread's 16 accumulator columns are attendable keys (the same for every head).
+  // Which of this thread's 2 NB accumulator columns are attendable keys (the same for every head).
   uint32_t valid = 0;
 #pragma unroll
-  for (int j = 0; j < 8; ++j)
+  for (int j = 0; j < NB; ++j)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int c = j * 8 + 2 * (lane & 3) + e;
+      const int c = c0 + j * 8 + 2 * (lane & 3) + e;
       if (c < valid_keys && p.mask[b * p.mask_s0 + t0 + c]) valid |= 1u << (2 * j + e);
     }
 
@@ -88,9 +92,9 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
       dst[r] = row < p.n ? p.lse[(static_cast<int64_t>(b) * p.H + h) * p.n + row] : 0.f;
     }
   };
-  float acc[8][4];
+  float acc[NB][4];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   float lse[2], lse_next[2] = {0.f, 0.f};
   // One commit group per head, empty past the slice's end, so "all but the newest STAGES - 1 groups
   // complete" always means head h has landed.
@@ -107,16 +111,16 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
     __syncthreads();
     uint32_t qf[D / 16][4];
     q_fragments<D>(qf, sQ + (i % STAGES) * kRows * D, warp * 16, lane);
-    float s[8][4];
-    qk_tile<D>(s, qf, sK + ((h / group - kv_first) % STAGES) * kBlockN * D, lane);
+    float s[NB][4];
+    qk_tile<D, NB>(s, qf, sK + ((h / group - kv_first) % STAGES) * kBlockN * D + c0 * D, lane);
     if (i == 0) {  // everything so far read only inputs; the log-sum-exp comes from the kernel before
       pdl_wait();
       read_lse(h, lse);
     }
     if (h + 1 < h_end) read_lse(h + 1, lse_next);  // consumed next iteration
-    if (valid == 0xffffu) {  // all 16 columns attendable (so every row's lse is finite): no selects
+    if (valid == (1u << (2 * NB)) - 1) {  // all columns attendable (so every row's lse is finite): no selects
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < NB; ++j)
 #pragma unroll
         for (int x = 0; x < 4; ++x) acc[j][x] += fast_exp2(s[j][x] * scale_log2 - lse[x >> 1]);
     } else {
@@ -124,7 +128,7 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
       for (int r = 0; r < 2; ++r) {
         const float fill = lse[r] == -INFINITY ? NAN : 0.f;  // no attendable key at all: NaN, as the reference
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < NB; ++j)
 #pragma unroll
           for (int e = 0; e < 2; ++e)
             acc[j][2 * r + e] += (valid >> (2 * j + e)) & 1u ? fast_exp2(s[j][2 * r + e] * scale_log2 - lse[r]) : fill;
@@ -144,13 +148,13 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
     const bool odd = lane & 1;
     const int row = my_row + (odd ? 8 : 0);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < NB; ++j) {
       const float give0 = odd ? acc[j][0] : acc[j][2], give1 = odd ? acc[j][1] : acc[j][3];
       const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1), got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
       const float x0 = odd ? got0 : acc[j][0], x1 = odd ? got1 : acc[j][1];
       const float x2 = odd ? acc[j][2] : got0, x3 = odd ? acc[j][3] : got1;
       const float4 v = make_float4(x0 * inv_heads, x1 * inv_heads, x2 * inv_heads, x3 * inv_heads);
-      const int c = j * 8 + 2 * (lane & 3) - (odd ? 2 : 0);
+      const int c = c0 + j * 8 + 2 * (lane & 3) - (odd ? 2 : 0);
       if (row >= p.n || c >= valid_keys) continue;
       float* dst = pbase + static_cast<int64_t>(row) * p.T + c;
       if (c + 3 < valid_keys) {
@@ -176,8 +180,8 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
     if (row >= p.n) continue;
     float* prow = pbase + static_cast<int64_t>(row) * p.T;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int c = j * 8 + 2 * (lane & 3);
+    for (int j = 0; j < NB; ++j) {
+      const int c = c0 + j * 8 + 2 * (lane & 3);
       const float v0 = acc[j][2 * r] * inv_heads, v1 = acc[j][2 * r + 1] * inv_heads;
       if (c < valid_keys) atomic ? (void)atomicAdd(prow + c, v0) : (void)(prow[c] = v0);
       if (c + 1 < valid_keys) atomic ? (void)atomicAdd(prow + c + 1, v1) : (void)(prow[c + 1] = v1);
@@ -185,15 +189,21 @@ __global__ void __launch_bounds__(WARPS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2
   }
 }
 
-template <typename T, int D, int WARPS, int STAGES>
-cudaError_t launch_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  using Cfg = ProbsConfig<T, D, WARPS, STAGES>;
-  auto kernel = attn_probs_kernel<T, D, WARPS, STAGES>;
+template <typename T, int D, int WARPS, int STAGES, int KS>
+cudaError_t launch_probs_ks(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  using Cfg = ProbsConfig<T, D, WARPS, STAGES, KS>;
+  auto kernel = attn_probs_kernel<T, D, WARPS, STAGES, KS>;
   cudaError_t err = set_chain_smem(kernel, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid(plan.row_blocks * plan.head_slices, (p.T + kBlockN - 1) / kBlockN, p.B);
   return launch_chained(kernel, grid, dim3(Cfg::kThreads), Cfg::kSmem, stream, plan.pdl == 1, p, plan.row_blocks,
                         p.H / plan.head_slices);
+}
+
+template <typename T, int D, int WARPS, int STAGES>
+cudaError_t launch_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  return plan.probs_key_halves == 1 ? launch_probs_ks<T, D, WARPS, STAGES, 2>(p, plan, stream)
+                                    : launch_probs_ks<T, D, WARPS, STAGES, 1>(p, plan, stream);
 }
 
 template <typename T, int D>
