@@ -152,20 +152,10 @@ cudaError_t launch_argmax_confidence(const ArgmaxConfidenceParams& p, cudaStream
   const int64_t rows = static_cast<int64_t>(p.outer) * p.inner;
   if (rows == 0) return cudaSuccess;
   if (p.V <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
-  switch (p.dtype) {
-    case DType::kFloat32:
-      argmax_confidence_kernel<float><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p);
-      break;
-    case DType::kFloat16:
-      argmax_confidence_kernel<__half><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p);
-      break;
-    case DType::kBFloat16:
-      argmax_confidence_kernel<__nv_bfloat16><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p);
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return with_element_type(p.dtype, [&](auto t) {
+    argmax_confidence_kernel<decltype(t)><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace cuda

@@ -3,6 +3,8 @@
 // memory; a warp owns 16-row slabs and works on them with ldmatrix + mma.sync m16n8k16.
 #pragma once
 
+#include <type_traits>
+
 #include "device_utils.cuh"
 #include "launchers.h"
 #include "pdl.cuh"
@@ -179,6 +181,19 @@ cudaError_t set_chain_smem(Kernel kernel, size_t smem) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                               max_shared ? static_cast<int>(cudaSharedmemCarveoutMaxShared)
                                          : static_cast<int>(cudaSharedmemCarveoutDefault));
+}
+
+// Host side: returns f(T{}, std::integral_constant<int, D>{}) for the attention kernels' element type T
+// (bfloat16 or float16) and head dim D (64 or 128) of p; cudaErrorInvalidValue for anything else.
+template <typename F>
+cudaError_t with_attention_types(const AttentionParams& p, F&& f) {
+  using D64 = std::integral_constant<int, 64>;
+  using D128 = std::integral_constant<int, 128>;
+  if (p.dtype != DType::kBFloat16 && p.dtype != DType::kFloat16) return cudaErrorInvalidValue;
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  if (p.D == 128) return bf16 ? f(__nv_bfloat16{}, D128{}) : f(__half{}, D128{});
+  if (p.D == 64) return bf16 ? f(__nv_bfloat16{}, D64{}) : f(__half{}, D64{});
+  return cudaErrorInvalidValue;
 }
 
 // Probability pass (partial_attention_probs.cu); plan.probs_rows picks its row-tile variant.

@@ -316,10 +316,7 @@ cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cu
 
 cudaError_t launch_partial_attention(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   if (p.B == 0 || p.n == 0 || p.T == 0) return cudaSuccess;
-  const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.D == 128) return bf16 ? launch_typed<__nv_bfloat16, 128>(p, plan, stream) : launch_typed<__half, 128>(p, plan, stream);
-  if (p.D == 64) return bf16 ? launch_typed<__nv_bfloat16, 64>(p, plan, stream) : launch_typed<__half, 64>(p, plan, stream);
-  return cudaErrorInvalidValue;
+  return with_attention_types(p, [&](auto t, auto d) { return launch_typed<decltype(t), decltype(d)::value>(p, plan, stream); });
 }
 
 }  // namespace cuda

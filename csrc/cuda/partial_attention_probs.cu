@@ -220,10 +220,7 @@ cudaError_t launch_probs_typed(const AttentionParams& p, const AttentionPlan& pl
 }  // namespace
 
 cudaError_t launch_attention_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.D == 128) return bf16 ? launch_probs_typed<__nv_bfloat16, 128>(p, plan, stream) : launch_probs_typed<__half, 128>(p, plan, stream);
-  if (p.D == 64) return bf16 ? launch_probs_typed<__nv_bfloat16, 64>(p, plan, stream) : launch_probs_typed<__half, 64>(p, plan, stream);
-  return cudaErrorInvalidValue;
+  return with_attention_types(p, [&](auto t, auto d) { return launch_probs_typed<decltype(t), decltype(d)::value>(p, plan, stream); });
 }
 
 }  // namespace cuda

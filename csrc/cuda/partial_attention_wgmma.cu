@@ -367,11 +367,7 @@ bool wgmma_available(int device) {
 }
 
 cudaError_t launch_attention_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.dtype != DType::kBFloat16 && p.dtype != DType::kFloat16) return cudaErrorInvalidValue;
-  if (p.D == 128) return bf16 ? launch_wgmma<__nv_bfloat16, 128>(p, plan, stream) : launch_wgmma<__half, 128>(p, plan, stream);
-  if (p.D == 64) return bf16 ? launch_wgmma<__nv_bfloat16, 64>(p, plan, stream) : launch_wgmma<__half, 64>(p, plan, stream);
-  return cudaErrorInvalidValue;
+  return with_attention_types(p, [&](auto t, auto d) { return launch_wgmma<decltype(t), decltype(d)::value>(p, plan, stream); });
 }
 
 }  // namespace cuda
