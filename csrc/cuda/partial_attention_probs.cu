@@ -39,7 +39,8 @@ struct ProbsConfig {
 // 3 stages: 3 / 2): keeps ptxas from trading it away for registers (64 rows, 2 stages sit at ~166 of
 // the 168 that 3 blocks allow).
 // KS = 2: twice the warps, each pair of warps sharing a 16-row slab and taking 32 of the tile's 64 keys
-// (half the dependent MMA / exponential chain per warp; the batch-1 pass is latency bound).
+// (half the dependent MMA / exponential chain per warp; the batch-1 pass is latency bound).  The same
+// block counts hold with twice the threads: the halved accumulators fit (64 rows, 2 stages: 78 of 85).
 template <typename T, int D, int WARPS, int STAGES, int KS>
 __global__ void __launch_bounds__(WARPS * KS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2))
     attn_probs_kernel(AttentionParams p, int row_blocks, int heads_per_slice) {
