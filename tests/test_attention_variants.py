@@ -11,6 +11,8 @@ at every call), so each variant runs on every shape here, including shapes its a
 sees; ``..._PDL=0`` launches the combine and probability kernels as plain stream successors instead of
 programmatic dependents; ``..._CARVEOUT=0`` leaves the L1 / shared-memory split to the driver;
 ``..._PROBS_KEY_HALVES=0/1`` one or two warps per 16-row slab of the probability pass;
+``..._PROBS_SCORES=0/1`` the recomputing probability pass or the stored-scores one (tested in
+tests/test_attention_stored_scores.py; the probability-pass tests here force the recomputing one);
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
 """
@@ -30,7 +32,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
        "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES", "DLLM_CORE_ATTN_CARVEOUT",
-       "DLLM_CORE_ATTN_PROBS_KEY_HALVES")
+       "DLLM_CORE_ATTN_PROBS_KEY_HALVES", "DLLM_CORE_ATTN_PROBS_SCORES")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (multiples of 4 and not: the probability pass
@@ -107,6 +109,7 @@ def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices, probs
     """Every probability-pass row tile x ring depth x head slicing (plain stores / atomics) on every shape;
     7 slices of 14 or 28 heads start and end inside GQA groups, 1-head slices leave the ring's later
     commit groups empty."""
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_SCORES", "0")
     if probs_rows:
         monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
     if probs_stages:
@@ -124,6 +127,7 @@ def test_probability_pass_variants(monkeypatch, shape, probs_rows, slices, probs
 def test_probability_key_halves(monkeypatch, shape, probs_rows, probs_stages, halves):
     """One or two warps per 16-row slab (the automatic plan: two for 32-row blocks) in every row tile and ring
     depth, with the automatic head slices (plain stores and atomics)."""
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_SCORES", "0")
     monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_STAGES", probs_stages)
     monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_KEY_HALVES", halves)
@@ -135,6 +139,7 @@ def test_probability_key_halves(monkeypatch, shape, probs_rows, probs_stages, ha
 @pytest.mark.parametrize("stages", ["2", "3"])
 @pytest.mark.parametrize("rows,splits", [("32", "1"), ("64", "3"), ("128", "1"), ("128", "3")])
 def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages, probs_rows):
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_SCORES", "0")
     monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
@@ -371,6 +376,7 @@ def test_chained_launch(capfd, monkeypatch, shape, mma, splits, slices, pdl):
     a CUDA graph, on a probability buffer the allocator hands back dirty (the main pass must zero it for
     the atomics of head slices)."""
     monkeypatch.setenv("DLLM_CORE_ATTN_PDL", pdl)
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_SCORES", "0")
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", mma)
     for name, value in (("DLLM_CORE_ATTN_SPLITS", splits), ("DLLM_CORE_ATTN_HEAD_SLICES", slices)):
         if value:

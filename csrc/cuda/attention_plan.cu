@@ -38,12 +38,27 @@ int num_sms(int device) {
   return cache[device];
 }
 
+// L2 cache bytes of a device (cached; 50 MB, the H100's, when the query fails).
+static long l2_bytes(int device) {
+  static long cache[64] = {0};
+  if (device < 0 || device >= 64) return 50L << 20;
+  if (cache[device] == 0) {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrL2CacheSize, device) != cudaSuccess || v <= 0) {
+      (void)cudaGetLastError();
+      v = 50 << 20;
+    }
+    cache[device] = v;
+  }
+  return cache[device];
+}
+
 bool attention_supported(DType dtype, int head_dim) {
   return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (head_dim == 64 || head_dim == 128);
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 0};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 0, 0};
   plan.pdl = pdl_enabled(device) ? 1 : 0;
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
@@ -160,13 +175,23 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
     // blocks keep one warp per slab.  DLLM_CORE_ATTN_PROBS_KEY_HALVES=0/1 overrides.
     plan.probs_key_halves = env_int("DLLM_CORE_ATTN_PROBS_KEY_HALVES", plan.probs_rows == 32 ? 1 : 0,
                                     [](int v) { return v == 0 || v == 1; });
+    // Stored scores (attention_scores.cuh): the main pass writes the (B, H, n, T) float32 scores and one
+    // streaming pass merges the splits and sums the probabilities, in place of the combine kernel and the
+    // recomputing pass: 1 = that pass as a kernel of its own, 2 = inside the main pass after a grid-wide
+    // barrier (cooperative launch; the launcher falls back to 1 for the wgmma and 3-stage main passes and
+    // for grids that do not fit the device at once).  Only where the scores stay in L2 (half of it at most).
+    // DLLM_CORE_ATTN_PROBS_SCORES=0/1/2 overrides (1 and 2 still need H <= 256, the pass's log-sum-exp table).
+    const double scores_bytes = 4.0 * B * H * n * (ceil_div(T, 128) * 128.0);
+    plan.probs_scores = env_int("DLLM_CORE_ATTN_PROBS_SCORES", scores_bytes <= 0.5 * l2_bytes(device) ? 2 : 0,
+                                [](int v) { return v >= 0 && v <= 2; });
+    if (H > 256) plan.probs_scores = 0;
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
                  "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "
-                 "pdl=%d probs_key_halves=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits,
+                 "pdl=%d probs_key_halves=%d probs_scores=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits,
                  plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks,
-                 plan.head_slices, plan.mma, plan.pdl, plan.probs_key_halves);
+                 plan.head_slices, plan.mma, plan.pdl, plan.probs_key_halves, plan.probs_scores);
   return plan;
 }
 

@@ -149,6 +149,33 @@ __device__ __forceinline__ void qk_tile_smem(float (&s)[MT][8][4], const T* sQ, 
   }
 }
 
+// Stored-scores mode (p.scores != null, plan.probs_scores): writes this thread's part of a 16-row slab's
+// scaled, masked (-inf) log2-domain scores, in the m16n8k16 accumulator layout that both main passes use:
+// at(j, e) is column 8 j + 2 (lane % 4) + e % 2 of key block j (NB blocks from key t0) in packed row
+// m + 8 (e / 2) (packed row -> query row m / group, head h0 + m % group; rows past M are not stored).
+// Keys at or past key_end are not stored (a wgmma tile may run into the next split).
+template <int NB, typename At>
+__device__ __forceinline__ void store_scores(const AttentionParams& p, int b, int h0, int group, int m, int M, int t0,
+                                             int key_end, int lane, At at) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int mr = m + 8 * r;
+    if (mr >= M) continue;
+    const int c = t0 + 2 * (lane & 3);
+    float* dst = p.scores + ((static_cast<int64_t>(b) * p.H + h0 + mr % group) * p.n + mr / group) * p.scores_ld + c;
+    if (t0 + 8 * NB <= key_end) {
+#pragma unroll
+      for (int j = 0; j < NB; ++j) *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(at(j, 2 * r), at(j, 2 * r + 1));
+    } else {
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        if (c + 8 * j < key_end) dst[8 * j] = at(j, 2 * r);
+        if (c + 8 * j + 1 < key_end) dst[8 * j + 1] = at(j, 2 * r + 1);
+      }
+    }
+  }
+}
+
 // Block `block` of `blocks` zeroes its share of the (B, n, T) float32 probabilities when p.zero_probs
 // (the probability pass adds its head slices into them with atomics): the main pass does it, where it
 // costs a few stores per block, instead of a memset node ahead of it.  Shares are multiples of 4
@@ -198,6 +225,9 @@ cudaError_t with_attention_types(const AttentionParams& p, F&& f) {
 
 // Probability pass (partial_attention_probs.cu); plan.probs_rows picks its row-tile variant.
 cudaError_t launch_attention_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
+
+// Stored-scores probability pass with the split merge (partial_attention_scores.cu), plan.probs_scores == 1.
+cudaError_t launch_attention_scores_probs(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
 
 // Multiprocessor count of a device (attention_plan.cu; cached).
 int num_sms(int device);

@@ -136,6 +136,10 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   // With head slices the probability pass adds into probs with atomics: the main pass zeroes it.
   at::Tensor probs = return_probs ? at::empty({B, n, T}, f32) : at::empty({0}, f32);
   at::Tensor lse = return_probs ? at::empty({B, H, n}, f32) : at::Tensor();
+  // Stored-scores mode: rows padded to 128 keys (aligned float4 loads, and the main pass's tiles never
+  // pass the end of a row).
+  const int64_t scores_ld = (T + 127) / 128 * 128;
+  at::Tensor scores = return_probs && plan.probs_scores >= 1 ? at::empty({B, H, n, scores_ld}, f32) : at::Tensor();
   at::Tensor part_o, part_ml;
   if (plan.splits > 1) {
     part_o = at::empty({plan.splits, B, H, n, D}, f32);
@@ -151,6 +155,8 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   p.lse = return_probs ? lse.data_ptr<float>() : nullptr;
   p.part_o = plan.splits > 1 ? part_o.data_ptr<float>() : nullptr;
   p.part_ml = plan.splits > 1 ? part_ml.data_ptr<float>() : nullptr;
+  p.scores = scores.defined() ? scores.data_ptr<float>() : nullptr;
+  p.scores_ld = scores_ld;
   copy_strides(p.q_s, q);
   copy_strides(p.k_s, k);
   copy_strides(p.v_s, v);
@@ -158,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   p.B = B, p.n = n, p.H = H, p.Hkv = Hkv, p.T = T, p.D = D;
   p.scale = static_cast<float>(scale);
   p.dtype = dtype;
-  p.zero_probs = return_probs && plan.head_slices > 1 ? 1 : 0;
+  p.zero_probs = return_probs && plan.probs_scores == 0 && plan.head_slices > 1 ? 1 : 0;
   check_launch(dc::launch_partial_attention(p, plan, c10::cuda::getCurrentCUDAStream().stream()), op);
   return {out, probs};
 }

@@ -43,6 +43,9 @@ struct AttentionPlan {
   int mma;              // main pass: 0 mma.sync (the row tiles above), 1 wgmma (sm_90a, 128 rows, warp-specialised, fixed 3-stage ring)
   int pdl;              // 1: the combine and probability kernels are launched as programmatic dependents (pdl.cuh)
   int probs_key_halves; // probability pass: 1 = two warps per 16-row slab, each taking 32 of the tile's 64 keys
+  int probs_scores;     // 1: the main pass stores the scores and one streaming pass merges the splits and sums
+                        // the probabilities from them (attention_scores.cuh) instead of the combine +
+                        // recomputing probability pass; 2: the same pass inside the main pass (grid barrier)
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous
@@ -54,6 +57,9 @@ struct AttentionParams {
   float* lse;             // (B, H, n) log2-sum-exp of the scaled scores; needed when probs != null
   float* part_o;          // (splits, B, H, n, D) partial accumulators when splits > 1
   float* part_ml;         // (splits, B, H, n, 2) partial (max, sum) when splits > 1
+  float* scores;          // plan.probs_scores: (B, H, n, scores_ld) float32 scaled log2-domain scores (-inf where
+                          // masked) that the main pass writes; scores_ld = T rounded up to 128; else null
+  int64_t scores_ld;
   int64_t q_s[3], k_s[3], v_s[3], mask_s0;
   int B, n, H, Hkv, T, D;
   float scale;

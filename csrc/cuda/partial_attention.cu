@@ -22,8 +22,12 @@
 // (batch, head, row) for the probability pass.
 
 #include <cfloat>
+#include <cstdio>
+#include <cstdlib>
 
-#include "attention_tiles.cuh"
+#include <cooperative_groups.h>
+
+#include "attention_scores.cuh"
 
 namespace dllm_core {
 namespace cuda {
@@ -40,7 +44,13 @@ struct MainConfig {
   static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
 };
 
-template <typename T, int D, int WARPS, int MT, int STAGES>
+// MODE: kPlain; kScores, the stored-scores mode (p.scores != null; a template flag: the stores' registers
+// cost the 128-row variant spills even where the branch is not taken); kFused, stored scores and then, after
+// a grid-wide barrier (cooperative launch), the stored-scores pass itself (attention_scores.cuh): no
+// combine or probability kernel, no kernel boundary.
+enum MainMode { kPlain = 0, kScores = 1, kFused = 2 };
+
+template <typename T, int D, int WARPS, int MT, int STAGES, int MODE>
 __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p, int tiles_per_split) {
   using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
@@ -137,6 +147,9 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
           s[mt][j][e] = (valid[e & 1] >> (4 * j)) & 1u ? s[mt][j][e] * scale_log2 : -INFINITY;
           mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
         }
+      if constexpr (MODE != kPlain)  // 64-key tiles never pass the padded row (scores_ld, a multiple of 128)
+        store_scores<8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0, static_cast<int>(p.scores_ld),
+                        lane, [&](int j, int e) { return s[mt][j][e]; });
       float m_use[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -218,48 +231,13 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
         if ((lane & 3) == 0) *reinterpret_cast<float2*>(p.part_ml + part * 2) = make_float2(m_run[mt][r], l);
       }
     }
-}
-
-// A split main pass leaves, per split s and (batch, head, row) bhr of the B * H * n rows, the running
-// max m and sum l of its keys' exp2 scores (part_ml) and the unnormalised output (part_o).
-// combine_chunk loads kSplitChunk splits' partials at once before using any: a loop with one dependent
-// load per split pays an L2 round trip per split.
-constexpr int kSplitChunk = 8;
-
-// Four output columns d..d+3 of row bhr, merged and rounded to T (l == 0, every key masked: NaN, as the
-// reference's softmax gives); returns the row's log2-sum-exp (-inf when l == 0).
-template <typename T, int D>
-__device__ __forceinline__ float combine_chunk(const AttentionParams& p, int splits, int64_t rows, int64_t bhr, int d) {
-  float m = -INFINITY, l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int s0 = 0; s0 < splits; s0 += kSplitChunk) {
-    float2 ml[kSplitChunk];
-    float4 po[kSplitChunk];
-#pragma unroll
-    for (int j = 0; j < kSplitChunk; ++j) {
-      const bool ok = s0 + j < splits;
-      const int64_t part = (s0 + j) * rows + bhr;
-      ml[j] = ok ? *reinterpret_cast<const float2*>(p.part_ml + part * 2) : make_float2(-INFINITY, 0.f);
-      po[j] = ok ? *reinterpret_cast<const float4*>(p.part_o + part * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-    float m_new = m;
-#pragma unroll
-    for (int j = 0; j < kSplitChunk; ++j) m_new = fmaxf(m_new, ml[j].x);
-    if (m_new == -INFINITY) continue;  // no attendable key so far
-    const float alpha = exp2f(m - m_new);  // 0 when m = -inf
-    l *= alpha, acc[0] *= alpha, acc[1] *= alpha, acc[2] *= alpha, acc[3] *= alpha;
-#pragma unroll
-    for (int j = 0; j < kSplitChunk; ++j) {
-      const float w = ml[j].x == -INFINITY ? 0.f : exp2f(ml[j].x - m_new);  // an empty split weighs nothing
-      l += w * ml[j].y;
-      acc[0] += w * po[j].x, acc[1] += w * po[j].y, acc[2] += w * po[j].z, acc[3] += w * po[j].w;
-    }
-    m = m_new;
+  if constexpr (MODE == kFused) {
+    cooperative_groups::this_grid().sync();  // every block's partials, log-sum-exps and scores are visible
+    float* lse_table = reinterpret_cast<float*>(smem) + warp * kScoreMaxHeads;  // the tiles are done with
+    const int64_t block = blockIdx.x + gridDim.x * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
+    const int64_t warps = static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z * WARPS;
+    scores_finish<T, D>(p, gridDim.y, block * WARPS + warp, warps, lse_table);
   }
-  const int64_t row = bhr % p.n, h = (bhr / p.n) % p.H, b = bhr / (static_cast<int64_t>(p.n) * p.H);
-  T* out = static_cast<T*>(p.out) + ((b * p.n + row) * p.H + h) * D + d;
-  const float inv = 1.f / l;
-  *reinterpret_cast<uint2*>(out) = make_uint2(pack2<T>(acc[0] * inv, acc[1] * inv), pack2<T>(acc[2] * inv, acc[3] * inv));
-  return l > 0.f ? m + log2f(l) : -INFINITY;
 }
 
 // Merges the key splits of each (batch, head, row): blockDim = (D / 4, 4), one row per y; leaves the
@@ -276,33 +254,81 @@ __global__ void attn_combine_kernel(AttentionParams p, int splits) {
 }
 
 
-template <typename T, int D, int WARPS, int MT, int STAGES>
-cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+template <typename T, int D, int WARPS, int MT, int STAGES, int MODE>
+cudaError_t launch_main_mode(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
-  auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES>;
+  auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES, MODE>;
   cudaError_t err = set_chain_smem(kernel, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
   const dim3 grid((M + Cfg::kRows - 1) / Cfg::kRows, plan.splits, p.B * p.Hkv);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);  // a plain launch: see pdl.cuh
-  return cudaGetLastError();
+  if constexpr (MODE != kFused) {
+    kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);  // a plain launch: see pdl.cuh
+    return cudaGetLastError();
+  } else {
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = dim3(Cfg::kThreads);
+    config.dynamicSmemBytes = Cfg::kSmem;
+    config.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeCooperative;  // all blocks resident at once: the grid barrier cannot hang
+    attr[0].val.cooperative = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, p, plan.tiles_per_split);
+  }
+}
+
+// Whether the fused (cooperative) main pass of this variant fits its whole grid on the device at once.
+template <typename T, int D, int WARPS, int MT, int STAGES>
+bool fused_fits(const AttentionParams& p, const AttentionPlan& plan) {
+  using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
+  auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES, kFused>;
+  int device = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || set_chain_smem(kernel, Cfg::kSmem) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Cfg::kThreads, Cfg::kSmem) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const int M = p.n * (p.H / p.Hkv);
+  const long blocks = static_cast<long>((M + Cfg::kRows - 1) / Cfg::kRows) * plan.splits * p.B * p.Hkv;
+  return blocks <= static_cast<long>(per_sm) * num_sms(device);
+}
+
+// The main pass; *fused: it also did the stored-scores pass (plan.probs_scores == 2 on a 2-stage variant
+// whose grid fits the device at once; else the kScores main pass runs and the pass gets its own kernel).
+template <typename T, int D, int WARPS, int MT, int STAGES>
+cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream, bool* fused) {
+  if (p.scores == nullptr) return launch_main_mode<T, D, WARPS, MT, STAGES, kPlain>(p, plan, stream);
+  if constexpr (STAGES == 2) {
+    if (plan.probs_scores == 2 && fused_fits<T, D, WARPS, MT, STAGES>(p, plan)) {
+      *fused = true;
+      if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
+        std::fprintf(stderr, "partial_attention: fused main pass (grid barrier)\n");
+      return launch_main_mode<T, D, WARPS, MT, STAGES, kFused>(p, plan, stream);
+    }
+  }
+  return launch_main_mode<T, D, WARPS, MT, STAGES, kScores>(p, plan, stream);
 }
 
 template <typename T, int D, int STAGES>
-cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  return plan.rows == 32    ? launch_main<T, D, 2, 1, STAGES>(p, plan, stream)
-         : plan.rows == 64  ? launch_main<T, D, 4, 1, STAGES>(p, plan, stream)
-         : plan.rows == 128 ? launch_main<T, D, 4, 2, STAGES>(p, plan, stream)
+cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream, bool* fused) {
+  return plan.rows == 32    ? launch_main<T, D, 2, 1, STAGES>(p, plan, stream, fused)
+         : plan.rows == 64  ? launch_main<T, D, 4, 1, STAGES>(p, plan, stream, fused)
+         : plan.rows == 128 ? launch_main<T, D, 4, 2, STAGES>(p, plan, stream, fused)
                             : cudaErrorInvalidValue;
 }
 
 template <typename T, int D>
 cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  bool fused = false;
   cudaError_t err = plan.mma == 1      ? launch_attention_wgmma(p, plan, stream)
-                    : plan.stages == 2 ? launch_rows<T, D, 2>(p, plan, stream)
-                    : plan.stages == 3 ? launch_rows<T, D, 3>(p, plan, stream)
+                    : plan.stages == 2 ? launch_rows<T, D, 2>(p, plan, stream, &fused)
+                    : plan.stages == 3 ? launch_rows<T, D, 3>(p, plan, stream, &fused)
                                        : cudaErrorInvalidValue;
-  if (err != cudaSuccess) return err;
+  if (err != cudaSuccess || fused) return err;
+  if (p.scores != nullptr) return launch_attention_scores_probs(p, plan, stream);
   if (plan.splits > 1) {
     const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.n;
     err = launch_chained(attn_combine_kernel<T, D>, dim3(static_cast<unsigned>((rows + 3) / 4)), dim3(D / 4, 4), 0,

@@ -63,8 +63,10 @@ constexpr bool kPingPong = true;  // the consumers' GEMMs take turns (named barr
 // Online softmax of one 64-row x 128-key S tile in the log2 domain (rows lane / 4 and + 8 of the warp's
 // 16): keys not in `valid` -inf; row max over the quad sharing a row; alpha rescales the older O and l.
 // valid[2 h + e]: bit 4 j of it is this thread's column e of key block j of half h (see the caller).
+// store(s) sees the scaled, masked scores before the exponentials (stored-scores mode).
+template <typename Store>
 __device__ __forceinline__ void softmax_tile(float (&s)[64], const uint32_t (&valid)[4], float scale_log2,
-                                             float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
+                                             float (&m_run)[2], float (&l_run)[2], float (&alpha)[2], Store&& store) {
   float mx[2] = {-INFINITY, -INFINITY}, m_use[2], sum[2] = {0.f, 0.f};
 #pragma unroll
   for (int j = 0; j < 16; ++j)
@@ -74,6 +76,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], const uint32_t (&va
       x = (valid[(j >> 3) * 2 + (e & 1)] >> (4 * (j & 7))) & 1u ? x * scale_log2 : -INFINITY;
       mx[e >> 1] = fmaxf(mx[e >> 1], x);
     }
+  store(s);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
@@ -218,6 +221,14 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
           for (int e = 0; e < 4; ++e) o[4 * dn + e] *= alpha[e >> 1];
       };
 
+      // Stored-scores mode: tile i's scores, before the exponentials (rows as the epilogue's).
+      auto store = [&](int i) {
+        return [&, i](const float (&x)[64]) {
+          if (p.scores != nullptr)
+            store_scores<16>(p, un.b, un.g * group, group, un.m0 + cw * 64 + warp * 16 + (lane >> 2), M,
+                             un.key_begin + i * kWgKeys, un.key_end, lane, [&](int j, int e) { return x[4 * j + e]; });
+        };
+      };
       const int count = un.count;
       if (count > 0) {
         const uint32_t g0 = gt;  // the block's index of this unit's tile 0
@@ -235,7 +246,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
         wg::wait<0>();
         wg::pin(s);
         if (count == 1 && lane == 0) wg::mbar_arrive(q_empty);  // last read of Q done
-        softmax_tile(s, valid, scale_log2, m_run, l_run, alpha);
+        softmax_tile(s, valid, scale_log2, m_run, l_run, alpha, store(0));
         wg::pack_p<T, kWgKeys>(pf, s);
 
         for (int i = 1; i < count; ++i) {
@@ -257,7 +268,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
           wg::wait<1>();  // S_i landed; P_{i-1} V_{i-1} runs on under the softmax
           wg::pin(s);
           if (i == count - 1 && lane == 0) wg::mbar_arrive(q_empty);  // last read of Q done: reload it
-          softmax_tile(s, valid, scale_log2, m_run, l_run, alpha);
+          softmax_tile(s, valid, scale_log2, m_run, l_run, alpha, store(i));
           // A basic-block boundary (a wait on full(t), complete since the top of the iteration: a loop)
           // keeps ptxas from hoisting the next wait above the exponentials (it did, serialising them).
           wg::mbar_wait(full(t % kWgStages), (t / kWgStages) & 1);

@@ -1,0 +1,128 @@
+// Stored-scores mode of dllm_core::partial_attention (plan.probs_scores >= 1): the work after a main pass
+// that wrote its scaled, masked scores (p.scores, (B, H, n, scores_ld) float32, -inf where masked).
+//
+// The recomputing probability pass (partial_attention_probs.cu) redoes Q K^T on the tensor cores, one
+// dependent chain of copies and MMAs per head; at batch 1 that chain, not memory, sets its time, and
+// main -> combine -> probabilities costs a kernel boundary each.  Here the rest is independent loads:
+//   - combine items: the split merge of a warp's rows (combine_chunk; 128 / D rows per warp);
+//   - probability items: 32 keys of one (batch, query row) per warp, its lanes 4 head groups x 8 four-key
+//     columns (a head group's loads of one head are 128 contiguous bytes).  Each lane sums
+//     exp2(score - lse) over its group's heads and the groups add up by shuffles.  The row's per-head
+//     log2-sum-exps are merged from the split partials by the warp itself (lanes over heads), after it
+//     has issued its first heads' score loads, so the two latencies overlap.
+// Run by a kernel of its own after the main pass (partial_attention_scores.cu, plan.probs_scores == 1), or
+// by the main pass itself after a grid-wide barrier (partial_attention.cu, cooperative launch, == 2).
+#pragma once
+
+#include "attention_combine.cuh"
+
+namespace dllm_core {
+namespace cuda {
+
+constexpr int kScoreMaxHeads = 256;  // per-warp log-sum-exp table (the plan checks H against it)
+constexpr int kScoreHeadGroups = 4, kScoreColumnGroups = 32 / kScoreHeadGroups, kScoreWarpKeys = 4 * kScoreColumnGroups;
+constexpr int kScorePreload = 8;  // heads per lane whose scores are loaded before the log-sum-exps (32 heads)
+
+// Log2-sum-exp of (batch b, head h, query row row): merged from the split partials, or the main pass's own.
+__device__ __forceinline__ float scores_row_lse(const AttentionParams& p, int splits, int b, int h, int row) {
+  const int64_t bhr = (static_cast<int64_t>(b) * p.H + h) * p.n + row;
+  if (splits == 1) return p.lse[bhr];
+  const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.n;
+  float m = -INFINITY, l = 0.f;
+#pragma unroll 4
+  for (int s = 0; s < splits; ++s) {
+    const float2 ml = *reinterpret_cast<const float2*>(p.part_ml + (s * rows + bhr) * 2);
+    if (ml.x == -INFINITY) continue;  // no attendable key in this split
+    if (ml.x > m) {
+      l = l * exp2f(m - ml.x) + ml.y;  // exp2f(-inf) = 0 for the first split
+      m = ml.x;
+    } else {
+      l += ml.y * exp2f(ml.x - m);
+    }
+  }
+  return l > 0.f ? m + log2f(l) : -INFINITY;
+}
+
+// Items of the work after the main pass: combine items first (none unsplit), then probability items.
+template <int D>
+__host__ __device__ __forceinline__ int64_t scores_combine_items(const AttentionParams& p, int splits) {
+  constexpr int kRowsPerWarp = 128 / D;
+  return splits > 1 ? (static_cast<int64_t>(p.B) * p.H * p.n + kRowsPerWarp - 1) / kRowsPerWarp : 0;
+}
+__host__ __device__ __forceinline__ int64_t scores_probs_items(const AttentionParams& p) {
+  return static_cast<int64_t>(p.B) * p.n * ((p.T + kScoreWarpKeys - 1) / kScoreWarpKeys);
+}
+
+// One probability item: 32 keys of (batch, query row); lse_table: this warp's kScoreMaxHeads floats.
+__device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int splits, int64_t item, float* lse_table) {
+  const int lane = threadIdx.x & 31;
+  const int chunks = (p.T + kScoreWarpKeys - 1) / kScoreWarpKeys;
+  const int chunk = static_cast<int>(item % chunks), row = static_cast<int>(item / chunks % p.n);
+  const int b = static_cast<int>(item / chunks / p.n);
+  const int hg = lane / kScoreColumnGroups, c = chunk * kScoreWarpKeys + (lane % kScoreColumnGroups) * 4;
+  // Head h of this lane's group: scores of (b, h, row) at keys c .. c + 3 (scores_ld is a multiple of 128:
+  // in bounds and 16-byte aligned even past T; those keys are not stored below).
+  const float* sbase = p.scores + (static_cast<int64_t>(b) * p.H * p.n + row) * p.scores_ld + c;
+  const int64_t head_stride = static_cast<int64_t>(p.n) * p.scores_ld;
+  auto load = [&](int h) { return *reinterpret_cast<const float4*>(sbase + h * head_stride); };
+
+  float4 pre[kScorePreload];
+#pragma unroll
+  for (int i = 0; i < kScorePreload; ++i) {
+    const int h = hg + kScoreHeadGroups * i;
+    pre[i] = h < p.H ? load(h) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  for (int h = lane; h < p.H; h += 32) lse_table[h] = scores_row_lse(p, splits, b, h, row);
+  __syncwarp();
+
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  auto add = [&](const float4& x, int h) {
+    const float lse = lse_table[h];  // -inf (no attendable key in the row): -inf - -inf = NaN, as the reference
+    acc[0] += fast_exp2(x.x - lse), acc[1] += fast_exp2(x.y - lse);
+    acc[2] += fast_exp2(x.z - lse), acc[3] += fast_exp2(x.w - lse);
+  };
+#pragma unroll
+  for (int i = 0; i < kScorePreload; ++i) {
+    const int h = hg + kScoreHeadGroups * i;
+    if (h < p.H) add(pre[i], h);
+  }
+#pragma unroll 8
+  for (int h = hg + kScoreHeadGroups * kScorePreload; h < p.H; h += kScoreHeadGroups) add(load(h), h);
+  __syncwarp();  // the table is rewritten by the warp's next item
+  // Sum the head groups (lanes l, l + 8, l + 16, l + 24 share their keys).
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], 8);
+    acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], 16);
+  }
+  if (hg != 0 || c >= p.T) return;
+  const float inv_heads = 1.f / static_cast<float>(p.H);
+  float* dst = p.probs + (static_cast<int64_t>(b) * p.n + row) * p.T + c;
+  if ((p.T & 3) == 0) {  // 16-byte aligned rows, and c + 3 < T
+    *reinterpret_cast<float4*>(dst) = make_float4(acc[0] * inv_heads, acc[1] * inv_heads, acc[2] * inv_heads,
+                                                  acc[3] * inv_heads);
+  } else {
+    for (int k = 0; k < 4 && c + k < p.T; ++k) dst[k] = acc[k] * inv_heads;
+  }
+}
+
+// Warp `w` of `warps` (whole warps; every lane calls) takes items w, w + warps, ...
+template <typename T, int D>
+__device__ __forceinline__ void scores_finish(const AttentionParams& p, int splits, int64_t w, int64_t warps,
+                                              float* lse_table) {
+  constexpr int kRowThreads = D / 4, kRowsPerWarp = 32 / kRowThreads;
+  const int lane = threadIdx.x & 31;
+  const int64_t combine = scores_combine_items<D>(p, splits), total = combine + scores_probs_items(p);
+  const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.n;
+  for (int64_t item = w; item < total; item += warps) {
+    if (item < combine) {
+      const int64_t bhr = item * kRowsPerWarp + lane / kRowThreads;
+      if (bhr < rows) combine_chunk<T, D>(p, splits, rows, bhr, (lane % kRowThreads) * 4);
+    } else {
+      scores_probs_item(p, splits, item - combine, lse_table);
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace dllm_core
