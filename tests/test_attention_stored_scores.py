@@ -1,14 +1,12 @@
 """CUDA partial_attention with stored scores (``DLLM_CORE_ATTN_PROBS_SCORES=1``) against the reference.
 
 In this mode the main pass (mma.sync or wgmma, any row tile, split or not) writes its scaled, masked scores
-and one streaming kernel (csrc/cuda/partial_attention_scores.cu) merges the key splits and sums the
-head-mean probabilities from them.  The plan takes it where the (B, H, q, T) float32 scores fit in half the
-L2 cache.  Needs a CUDA GPU and the compiled extension; skips otherwise.
+and one streaming kernel (csrc/cuda/attention_scores.cuh, partial_attention_scores.cu) merges the key splits
+and sums the head-mean probabilities from them.  The plan takes it for split calls whose (B, H, q, T)
+float32 scores fit in 1/6 of the L2 cache.  Needs a CUDA GPU and the compiled extension; skips otherwise.
 """
 
 from __future__ import annotations
-
-import re
 
 import pytest
 import torch
@@ -20,39 +18,29 @@ from test_attention_variants import SHAPES, _clean_env, _inputs, _plan, _run_and
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 
 
-@pytest.fixture(autouse=True, params=["1", "2"], ids=lambda m: f"scores={m}")
-def scores_mode(request, _clean_env, monkeypatch):  # after _clean_env (skips without the kernel, clears overrides)
-    """1: the stored-scores pass as its own kernel; 2: inside the main pass after a grid barrier (mma.sync
-    2-stage main passes whose grid fits the GPU at once; the others fall back to 1)."""
-    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_SCORES", request.param)
-    return request.param
+@pytest.fixture(autouse=True)
+def _scores_on(_clean_env, monkeypatch):  # after _clean_env (skips without the kernel, clears the overrides)
+    monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_SCORES", "1")
 
 
 @pytest.mark.parametrize("splits", [None, "1", "3"], ids=lambda s: f"splits={s or 'auto'}")
 @pytest.mark.parametrize("main", [None, "32:2", "64:2", "128:2", "32:3", "64:3"], ids=lambda r: f"main={r or 'auto'}")
 @pytest.mark.parametrize("shape", SHAPES + [(2, 70, 4, 2, 128, 4160), (1, 5, 300, 300, 64, 9)], ids=str)
-def test_stored_scores_variants(capfd, monkeypatch, scores_mode, shape, main, splits):
-    """Every main-pass flavour (automatic: wgmma for 128-row tiles on sm_90a; forced mma.sync row tiles)
-    x split choice: the scores pass's probabilities and merged outputs, bf16 (contiguous q) and fp16
-    (strided q).  H = 300 is past the pass's log-sum-exp table: the plan falls back to recomputing.
-    In mode 2 the trace says whether the fused main pass ran: it must for the 2-stage mma.sync passes."""
+def test_stored_scores_variants(capfd, monkeypatch, shape, main, splits):
+    """Every main-pass flavour (automatic: wgmma for 128-row tiles on sm_90a; forced mma.sync row tiles and
+    K/V stages) x split choice: the scores pass's probabilities and merged outputs, bf16 (contiguous q) and
+    fp16 (strided q).  H = 300 is past the pass's log-sum-exp table: the plan falls back to recomputing."""
     if main:  # rows:stages of a forced mma.sync main pass
         monkeypatch.setenv("DLLM_CORE_ATTN_MMA", "sync")
         monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", main.split(":")[0])
         monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", main.split(":")[1])
     if splits:
         monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
-    monkeypatch.setenv("DLLM_CORE_ATTN_TRACE", "1")
-    capfd.readouterr()
-    _run_and_check(shape, torch.bfloat16, True)
-    err = capfd.readouterr().err
+    plan = _plan(capfd, monkeypatch, shape, True)
     monkeypatch.delenv("DLLM_CORE_ATTN_TRACE")
-    line = next(ln for ln in err.splitlines() if ln.startswith("partial_attention plan:"))
-    plan = {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", line)}
-    assert plan["probs_scores"] == (int(scores_mode) if shape[2] <= 256 else 0)
-    fused = "fused main pass" in err
-    assert fused == (plan["probs_scores"] == 2 and plan["mma"] == 0 and plan["stages"] == 2), err
-    _run_and_check(shape, torch.float16, True, strided_q=True)
+    assert plan["probs_scores"] == (1 if shape[2] <= 256 else 0)
+    for i, dtype in enumerate((torch.bfloat16, torch.float16)):
+        _run_and_check(shape, dtype, True, strided_q=(i == 1))
 
 
 @pytest.mark.parametrize("splits", ["1", "3"])
@@ -108,16 +96,17 @@ def test_stored_scores_in_cuda_graph(monkeypatch, shape, mma, splits, pdl):
         check_attention(got, partial_attention_reference(*fresh, True), torch.bfloat16, True)
 
 
-def test_stored_scores_plan(capfd, monkeypatch, scores_mode):
-    """Automatic choice: stored scores where the float32 scores fit in half the L2 cache, else the
-    recomputing pass; =0 forces the recomputing pass; without probabilities nothing is stored."""
+def test_stored_scores_plan(capfd, monkeypatch):
+    """Automatic choice: stored scores for split calls whose float32 scores fit in 1/6 of the L2 cache, else
+    the recomputing pass; =0 forces the recomputing pass; without probabilities nothing is stored."""
     monkeypatch.delenv("DLLM_CORE_ATTN_PROBS_SCORES")
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    small, big = (1, 32, 32, 32, 128, 512), (16, 128, 32, 32, 128, 4096)
-    for shape in (small, big):
+    for shape in [(1, 32, 32, 32, 128, 512), (1, 64, 28, 4, 128, 1024), (1, 128, 32, 32, 128, 4096),
+                  (16, 32, 32, 32, 128, 512), (2, 32, 4, 4, 128, 100)]:
         B, n, H, _, _, T = shape
-        fits = 4 * B * H * n * (-(-T // 128) * 128) <= l2 / 2
-        assert _plan(capfd, monkeypatch, shape, True)["probs_scores"] == (2 if fits else 0)
-    assert _plan(capfd, monkeypatch, small, False)["probs_scores"] == 0
+        plan = _plan(capfd, monkeypatch, shape, True)
+        small = plan["splits"] > 1 and 4 * B * H * n * (-(-T // 128) * 128) <= l2 / 6
+        assert plan["probs_scores"] == (1 if small else 0), (shape, plan)
+    assert _plan(capfd, monkeypatch, (1, 32, 32, 32, 128, 512), False)["probs_scores"] == 0
     monkeypatch.setenv("DLLM_CORE_ATTN_PROBS_SCORES", "0")
-    assert _plan(capfd, monkeypatch, small, True)["probs_scores"] == 0
+    assert _plan(capfd, monkeypatch, (1, 32, 32, 32, 128, 512), True)["probs_scores"] == 0

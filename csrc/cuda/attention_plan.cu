@@ -176,14 +176,18 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
     plan.probs_key_halves = env_int("DLLM_CORE_ATTN_PROBS_KEY_HALVES", plan.probs_rows == 32 ? 1 : 0,
                                     [](int v) { return v == 0 || v == 1; });
     // Stored scores (attention_scores.cuh): the main pass writes the (B, H, n, T) float32 scores and one
-    // streaming pass merges the splits and sums the probabilities, in place of the combine kernel and the
-    // recomputing pass: 1 = that pass as a kernel of its own, 2 = inside the main pass after a grid-wide
-    // barrier (cooperative launch; the launcher falls back to 1 for the wgmma and 3-stage main passes and
-    // for grids that do not fit the device at once).  Only where the scores stay in L2 (half of it at most).
-    // DLLM_CORE_ATTN_PROBS_SCORES=0/1/2 overrides (1 and 2 still need H <= 256, the pass's log-sum-exp table).
+    // streaming kernel merges the splits and sums the probabilities, in place of the combine kernel and the
+    // recomputing pass.  It saves a kernel boundary only where the keys are split, and its bytes grow with
+    // H x n where the recomputing pass reads K (Hkv x D), so only split calls whose scores are small: A/B on
+    // the H100 over the 24 batch-1 ops_bench shapes (session 8,
+    // benchmarks/results/h100-session8-scores-mode{0,1}-b1.json and -mode{0,1}.json, two calls): split,
+    // with scores up to 1/6 of L2 (8.7 MB of 50; 11 shapes), 0.77x-1.06x the time (Dream-7B q=64 T=512
+    // 18.0 -> 15.0 and 18.8 -> 14.5 us; worst LLaDA-8B q=32 T=1024, 18.5 -> 19.6); unsplit (LLaDA q=128
+    // T=512) 1.03x-1.08x; larger scores 0.92x-1.39x (Dream q=128 T=4096 53.8 -> 74.8).
+    // DLLM_CORE_ATTN_PROBS_SCORES=0/1 overrides (1 still needs H <= 256, the pass's log-sum-exp table).
     const double scores_bytes = 4.0 * B * H * n * (ceil_div(T, 128) * 128.0);
-    plan.probs_scores = env_int("DLLM_CORE_ATTN_PROBS_SCORES", scores_bytes <= 0.5 * l2_bytes(device) ? 2 : 0,
-                                [](int v) { return v >= 0 && v <= 2; });
+    const bool small = plan.splits > 1 && scores_bytes <= l2_bytes(device) / 6.0;
+    plan.probs_scores = env_int("DLLM_CORE_ATTN_PROBS_SCORES", small ? 1 : 0, [](int v) { return v == 0 || v == 1; });
     if (H > 256) plan.probs_scores = 0;
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')

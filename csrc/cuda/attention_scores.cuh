@@ -1,4 +1,4 @@
-// Stored-scores mode of dllm_core::partial_attention (plan.probs_scores >= 1): the work after a main pass
+// Stored-scores mode of dllm_core::partial_attention (plan.probs_scores == 1): the work after a main pass
 // that wrote its scaled, masked scores (p.scores, (B, H, n, scores_ld) float32, -inf where masked).
 //
 // The recomputing probability pass (partial_attention_probs.cu) redoes Q K^T on the tensor cores, one
@@ -10,8 +10,8 @@
 //     exp2(score - lse) over its group's heads and the groups add up by shuffles.  The row's per-head
 //     log2-sum-exps are merged from the split partials by the warp itself (lanes over heads), after it
 //     has issued its first heads' score loads, so the two latencies overlap.
-// Run by a kernel of its own after the main pass (partial_attention_scores.cu, plan.probs_scores == 1), or
-// by the main pass itself after a grid-wide barrier (partial_attention.cu, cooperative launch, == 2).
+// Run by a kernel of its own after the main pass (partial_attention_scores.cu).  Running it inside the
+// main pass after a grid-wide barrier (cooperative launch) was measured slower (docs/kernels.md).
 #pragma once
 
 #include "attention_combine.cuh"

@@ -45,7 +45,7 @@ struct AttentionPlan {
   int probs_key_halves; // probability pass: 1 = two warps per 16-row slab, each taking 32 of the tile's 64 keys
   int probs_scores;     // 1: the main pass stores the scores and one streaming pass merges the splits and sums
                         // the probabilities from them (attention_scores.cuh) instead of the combine +
-                        // recomputing probability pass; 2: the same pass inside the main pass (grid barrier)
+                        // recomputing probability pass
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous

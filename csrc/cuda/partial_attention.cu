@@ -22,12 +22,8 @@
 // (batch, head, row) for the probability pass.
 
 #include <cfloat>
-#include <cstdio>
-#include <cstdlib>
 
-#include <cooperative_groups.h>
-
-#include "attention_scores.cuh"
+#include "attention_combine.cuh"
 
 namespace dllm_core {
 namespace cuda {
@@ -44,13 +40,9 @@ struct MainConfig {
   static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
 };
 
-// MODE: kPlain; kScores, the stored-scores mode (p.scores != null; a template flag: the stores' registers
-// cost the 128-row variant spills even where the branch is not taken); kFused, stored scores and then, after
-// a grid-wide barrier (cooperative launch), the stored-scores pass itself (attention_scores.cuh): no
-// combine or probability kernel, no kernel boundary.
-enum MainMode { kPlain = 0, kScores = 1, kFused = 2 };
-
-template <typename T, int D, int WARPS, int MT, int STAGES, int MODE>
+// SCORES: the stored-scores mode (p.scores != null, attention_scores.cuh; a template flag: the stores'
+// registers cost the 128-row variant spills even where the branch is not taken).
+template <typename T, int D, int WARPS, int MT, int STAGES, bool SCORES>
 __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p, int tiles_per_split) {
   using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
@@ -147,7 +139,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
           s[mt][j][e] = (valid[e & 1] >> (4 * j)) & 1u ? s[mt][j][e] * scale_log2 : -INFINITY;
           mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
         }
-      if constexpr (MODE != kPlain)  // 64-key tiles never pass the padded row (scores_ld, a multiple of 128)
+      if constexpr (SCORES)  // 64-key tiles never pass the padded row (scores_ld, a multiple of 128)
         store_scores<8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0, static_cast<int>(p.scores_ld),
                         lane, [&](int j, int e) { return s[mt][j][e]; });
       float m_use[2];
@@ -231,13 +223,6 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
         if ((lane & 3) == 0) *reinterpret_cast<float2*>(p.part_ml + part * 2) = make_float2(m_run[mt][r], l);
       }
     }
-  if constexpr (MODE == kFused) {
-    cooperative_groups::this_grid().sync();  // every block's partials, log-sum-exps and scores are visible
-    float* lse_table = reinterpret_cast<float*>(smem) + warp * kScoreMaxHeads;  // the tiles are done with
-    const int64_t block = blockIdx.x + gridDim.x * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
-    const int64_t warps = static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z * WARPS;
-    scores_finish<T, D>(p, gridDim.y, block * WARPS + warp, warps, lse_table);
-  }
 }
 
 // Merges the key splits of each (batch, head, row): blockDim = (D / 4, 4), one row per y; leaves the
@@ -254,81 +239,35 @@ __global__ void attn_combine_kernel(AttentionParams p, int splits) {
 }
 
 
-template <typename T, int D, int WARPS, int MT, int STAGES, int MODE>
-cudaError_t launch_main_mode(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+template <typename T, int D, int WARPS, int MT, int STAGES>
+cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
-  auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES, MODE>;
+  auto kernel = p.scores != nullptr ? attn_main_kernel<T, D, WARPS, MT, STAGES, true>
+                                    : attn_main_kernel<T, D, WARPS, MT, STAGES, false>;
   cudaError_t err = set_chain_smem(kernel, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
   const dim3 grid((M + Cfg::kRows - 1) / Cfg::kRows, plan.splits, p.B * p.Hkv);
-  if constexpr (MODE != kFused) {
-    kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);  // a plain launch: see pdl.cuh
-    return cudaGetLastError();
-  } else {
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = dim3(Cfg::kThreads);
-    config.dynamicSmemBytes = Cfg::kSmem;
-    config.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;  // all blocks resident at once: the grid barrier cannot hang
-    attr[0].val.cooperative = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, kernel, p, plan.tiles_per_split);
-  }
-}
-
-// Whether the fused (cooperative) main pass of this variant fits its whole grid on the device at once.
-template <typename T, int D, int WARPS, int MT, int STAGES>
-bool fused_fits(const AttentionParams& p, const AttentionPlan& plan) {
-  using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
-  auto kernel = attn_main_kernel<T, D, WARPS, MT, STAGES, kFused>;
-  int device = 0, per_sm = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || set_chain_smem(kernel, Cfg::kSmem) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Cfg::kThreads, Cfg::kSmem) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  const int M = p.n * (p.H / p.Hkv);
-  const long blocks = static_cast<long>((M + Cfg::kRows - 1) / Cfg::kRows) * plan.splits * p.B * p.Hkv;
-  return blocks <= static_cast<long>(per_sm) * num_sms(device);
-}
-
-// The main pass; *fused: it also did the stored-scores pass (plan.probs_scores == 2 on a 2-stage variant
-// whose grid fits the device at once; else the kScores main pass runs and the pass gets its own kernel).
-template <typename T, int D, int WARPS, int MT, int STAGES>
-cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream, bool* fused) {
-  if (p.scores == nullptr) return launch_main_mode<T, D, WARPS, MT, STAGES, kPlain>(p, plan, stream);
-  if constexpr (STAGES == 2) {
-    if (plan.probs_scores == 2 && fused_fits<T, D, WARPS, MT, STAGES>(p, plan)) {
-      *fused = true;
-      if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
-        std::fprintf(stderr, "partial_attention: fused main pass (grid barrier)\n");
-      return launch_main_mode<T, D, WARPS, MT, STAGES, kFused>(p, plan, stream);
-    }
-  }
-  return launch_main_mode<T, D, WARPS, MT, STAGES, kScores>(p, plan, stream);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);  // a plain launch: see pdl.cuh
+  return cudaGetLastError();
 }
 
 template <typename T, int D, int STAGES>
-cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream, bool* fused) {
-  return plan.rows == 32    ? launch_main<T, D, 2, 1, STAGES>(p, plan, stream, fused)
-         : plan.rows == 64  ? launch_main<T, D, 4, 1, STAGES>(p, plan, stream, fused)
-         : plan.rows == 128 ? launch_main<T, D, 4, 2, STAGES>(p, plan, stream, fused)
+cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  return plan.rows == 32    ? launch_main<T, D, 2, 1, STAGES>(p, plan, stream)
+         : plan.rows == 64  ? launch_main<T, D, 4, 1, STAGES>(p, plan, stream)
+         : plan.rows == 128 ? launch_main<T, D, 4, 2, STAGES>(p, plan, stream)
                             : cudaErrorInvalidValue;
 }
 
 template <typename T, int D>
 cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  bool fused = false;
   cudaError_t err = plan.mma == 1      ? launch_attention_wgmma(p, plan, stream)
-                    : plan.stages == 2 ? launch_rows<T, D, 2>(p, plan, stream, &fused)
-                    : plan.stages == 3 ? launch_rows<T, D, 3>(p, plan, stream, &fused)
+                    : plan.stages == 2 ? launch_rows<T, D, 2>(p, plan, stream)
+                    : plan.stages == 3 ? launch_rows<T, D, 3>(p, plan, stream)
                                        : cudaErrorInvalidValue;
-  if (err != cudaSuccess || fused) return err;
-  if (p.scores != nullptr) return launch_attention_scores_probs(p, plan, stream);
+  if (err != cudaSuccess) return err;
+  if (p.scores != nullptr) return launch_attention_scores_probs(p, plan, stream);  // instead of the two below
   if (plan.splits > 1) {
     const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.n;
     err = launch_chained(attn_combine_kernel<T, D>, dim3(static_cast<unsigned>((rows + 3) / 4)), dim3(D / 4, 4), 0,
