@@ -36,7 +36,7 @@ if command -v nvcc > /dev/null; then
 fi
 
 SECONDS=0
-timeout 420 python3 -m pytest ${GPU_CHECK_TESTS:-tests/test_ops.py tests/test_ops_argmax.py tests/test_ops_fused.py tests/test_attention_variants.py} -q -rs --tb=short -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
+timeout 420 python3 -m pytest ${GPU_CHECK_TESTS:-tests/test_ops.py tests/test_ops_argmax.py tests/test_ops_fused.py tests/test_attention_variants.py tests/test_attention_stored_scores.py} -q -rs --tb=short -p no:cacheprovider > "$OUT/pytest.txt" 2>&1
 echo "pytest rc=$? ${SECONDS}s"; tail -40 "$OUT/pytest.txt"
 
 SECONDS=0
