@@ -139,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   // Stored-scores mode: rows padded to 128 keys (aligned float4 loads, and the main pass's tiles never
   // pass the end of a row).
   const int64_t scores_ld = (T + 127) / 128 * 128;
-  at::Tensor scores = return_probs && plan.probs_scores >= 1 ? at::empty({B, H, n, scores_ld}, f32) : at::Tensor();
+  at::Tensor scores = return_probs && plan.probs_scores == 1 ? at::empty({B, H, n, scores_ld}, f32) : at::Tensor();
   at::Tensor part_o, part_ml;
   if (plan.splits > 1) {
     part_o = at::empty({plan.splits, B, H, n, D}, f32);
