@@ -1,5 +1,5 @@
 """What the compiled-op tests share: the device parameters, the tolerances and the partial-attention
-check against its reference, the skip when a kernel is not built, and the subprocess runner for error paths (a C++ exception that crashes the interpreter instead of
+checks against its reference (eager and CUDA-graph replay), the skip when a kernel is not built, and the subprocess runner for error paths (a C++ exception that crashes the interpreter instead of
 raising must fail that one test, not the session)."""
 
 from __future__ import annotations
@@ -26,6 +26,36 @@ def check_attention(got, want, dtype, return_probs) -> None:
     torch.testing.assert_close(got[1], want[1], atol=2e-5, rtol=1e-3)
     if return_probs:
         torch.testing.assert_close(got[1].sum(-1), torch.ones_like(got[1][..., 0]), atol=1e-4, rtol=0)
+
+
+def check_eager_and_graph(make_inputs) -> None:
+    """CUDA partial_attention with probabilities (bf16) against the reference on ``make_inputs(seed)`` (q, k, v,
+    mask, scale): twice eagerly, each time on a probability buffer the allocator hands back dirty, then
+    captured in a CUDA graph and replayed on fresh inputs copied into the captured ones."""
+    from dllm_core.ops.partial_attention import partial_attention_reference
+
+    args = make_inputs(3)
+    want = partial_attention_reference(*args, True)
+    B, n, T = args[0].shape[0], args[0].shape[1], args[1].shape[1]
+    for _ in range(2):
+        torch.full((B * n * T,), 7.0, device="cuda")  # freed at once: the next (B, n, T) block is dirty
+        check_attention(torch.ops.dllm_core.partial_attention(*args, True), want, torch.bfloat16, True)
+    static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.ops.dllm_core.partial_attention(*static, True)  # warm-up off the capture
+        with torch.cuda.graph(graph, stream=stream):
+            got = torch.ops.dllm_core.partial_attention(*static, True)
+    torch.cuda.current_stream().wait_stream(stream)
+    for seed in (4, 5):  # new inputs copied in, then replayed
+        fresh = make_inputs(seed)
+        for dst, src in zip(static[:4], fresh[:4]):
+            dst.copy_(src)
+        graph.replay()
+        torch.cuda.synchronize()
+        check_attention(got, partial_attention_reference(*fresh, True), torch.bfloat16, True)
 
 
 def need_kernel(op: str, device: str) -> None:

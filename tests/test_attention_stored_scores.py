@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dllm_core.ops.partial_attention import partial_attention_reference
-from op_kernels import HAS_CUDA, check_attention
+from op_kernels import HAS_CUDA, check_attention, check_eager_and_graph
 from test_attention_variants import SHAPES, _clean_env, _inputs, _plan, _run_and_check, _wgmma_device  # noqa: F401
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
@@ -73,27 +73,7 @@ def test_stored_scores_in_cuda_graph(monkeypatch, shape, mma, splits, pdl):
         pytest.skip("the wgmma main pass needs compute capability 9.0 (sm_90a)")
     for name, value in (("DLLM_CORE_ATTN_PDL", pdl), ("DLLM_CORE_ATTN_MMA", mma), ("DLLM_CORE_ATTN_SPLITS", splits)):
         monkeypatch.setenv(name, value)
-    args = _inputs(shape, torch.bfloat16, seed=3)
-    B, n, _, _, _, T = shape
-    torch.full((B * n * T,), 7.0, device="cuda")  # freed at once: the next (B, n, T) block is dirty
-    check_attention(torch.ops.dllm_core.partial_attention(*args, True), partial_attention_reference(*args, True),
-                    torch.bfloat16, True)
-    static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        torch.ops.dllm_core.partial_attention(*static, True)  # warm-up off the capture
-        with torch.cuda.graph(graph, stream=stream):
-            got = torch.ops.dllm_core.partial_attention(*static, True)
-    torch.cuda.current_stream().wait_stream(stream)
-    for seed in (4, 5):
-        fresh = _inputs(shape, torch.bfloat16, seed=seed)
-        for dst, src in zip(static[:4], fresh[:4]):
-            dst.copy_(src)
-        graph.replay()
-        torch.cuda.synchronize()
-        check_attention(got, partial_attention_reference(*fresh, True), torch.bfloat16, True)
+    check_eager_and_graph(lambda seed: _inputs(shape, torch.bfloat16, seed=seed))
 
 
 def test_stored_scores_plan(capfd, monkeypatch):

@@ -26,7 +26,7 @@ import torch
 
 from dllm_core.ops import extension as ext
 from dllm_core.ops.partial_attention import partial_attention_reference
-from op_kernels import HAS_CUDA, check_attention
+from op_kernels import HAS_CUDA, check_attention, check_eager_and_graph
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
@@ -385,25 +385,4 @@ def test_chained_launch(capfd, monkeypatch, shape, mma, splits, slices, pdl):
     capable = torch.cuda.get_device_capability(0)[0] >= 9
     assert plan["pdl"] == (1 if capable and pdl == "1" else 0)
     monkeypatch.delenv("DLLM_CORE_ATTN_TRACE")
-    args = _inputs(shape, torch.bfloat16, seed=3)
-    want = partial_attention_reference(*args, True)
-    B, n, _, _, _, T = shape
-    for _ in range(2):
-        torch.full((B * n * T,), 7.0, device="cuda")  # freed at once: the next (B, n, T) block is dirty
-        check_attention(torch.ops.dllm_core.partial_attention(*args, True), want, torch.bfloat16, True)
-    static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        torch.ops.dllm_core.partial_attention(*static, True)  # warm-up off the capture
-        with torch.cuda.graph(graph, stream=stream):
-            got = torch.ops.dllm_core.partial_attention(*static, True)
-    torch.cuda.current_stream().wait_stream(stream)
-    for seed in (4, 5):  # new inputs copied in, then replayed
-        fresh = _inputs(shape, torch.bfloat16, seed=seed)
-        for dst, src in zip(static[:4], fresh[:4]):
-            dst.copy_(src)
-        graph.replay()
-        torch.cuda.synchronize()
-        check_attention(got, partial_attention_reference(*fresh, True), torch.bfloat16, True)
+    check_eager_and_graph(lambda seed: _inputs(shape, torch.bfloat16, seed=seed))
