@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "attention_tiles.cuh"
+#include "attention_scores.cuh"
 
 namespace dllm_core {
 namespace cuda {
@@ -26,32 +26,28 @@ int env_int(const char* name, int fallback, Ok ok) {
 
 }  // namespace
 
-// Multiprocessor count of a device (cached; 132 when the query fails).
-int num_sms(int device) {
+// Integer attribute of a device, cached per device; `fallback` when the query fails (its error cleared, so
+// that the next launch's cudaGetLastError does not report it) or the device index is out of range.
+template <cudaDeviceAttr kAttr>
+static int cached_attribute(int device, int fallback) {
   static int cache[64] = {0};
-  if (device < 0 || device >= 64) return 132;
+  if (device < 0 || device >= 64) return fallback;
   if (cache[device] == 0) {
     int v = 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || v <= 0) v = 132;
-    cache[device] = v;
-  }
-  return cache[device];
-}
-
-// L2 cache bytes of a device (cached; 50 MB, the H100's, when the query fails).
-static long l2_bytes(int device) {
-  static long cache[64] = {0};
-  if (device < 0 || device >= 64) return 50L << 20;
-  if (cache[device] == 0) {
-    int v = 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrL2CacheSize, device) != cudaSuccess || v <= 0) {
+    if (cudaDeviceGetAttribute(&v, kAttr, device) != cudaSuccess || v <= 0) {
       (void)cudaGetLastError();
-      v = 50 << 20;
+      v = fallback;
     }
     cache[device] = v;
   }
   return cache[device];
 }
+
+// Multiprocessor count of a device (132 when the query fails).
+int num_sms(int device) { return cached_attribute<cudaDevAttrMultiProcessorCount>(device, 132); }
+
+// L2 cache bytes of a device (50 MB, the H100's, when the query fails).
+static long l2_bytes(int device) { return cached_attribute<cudaDevAttrL2CacheSize>(device, 50 << 20); }
 
 bool attention_supported(DType dtype, int head_dim) {
   return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (head_dim == 64 || head_dim == 128);
@@ -184,11 +180,11 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
     // with scores up to 1/6 of L2 (8.7 MB of 50; 11 shapes), 0.77x-1.06x the time (Dream-7B q=64 T=512
     // 18.0 -> 15.0 and 18.8 -> 14.5 us; worst LLaDA-8B q=32 T=1024, 18.5 -> 19.6); unsplit (LLaDA q=128
     // T=512) 1.03x-1.08x; larger scores 0.92x-1.39x (Dream q=128 T=4096 53.8 -> 74.8).
-    // DLLM_CORE_ATTN_PROBS_SCORES=0/1 overrides (1 still needs H <= 256, the pass's log-sum-exp table).
+    // DLLM_CORE_ATTN_PROBS_SCORES=0/1 overrides (1 still needs H <= kScoreMaxHeads, the pass's log-sum-exp table).
     const double scores_bytes = 4.0 * B * H * n * (ceil_div(T, 128) * 128.0);
     const bool small = plan.splits > 1 && scores_bytes <= l2_bytes(device) / 6.0;
     plan.probs_scores = env_int("DLLM_CORE_ATTN_PROBS_SCORES", small ? 1 : 0, [](int v) { return v == 0 || v == 1; });
-    if (H > 256) plan.probs_scores = 0;
+    if (H > kScoreMaxHeads) plan.probs_scores = 0;
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
