@@ -67,7 +67,8 @@ def kernel_trace(fn, calls: int) -> list[list[tuple[str, float, float]]]:
 
 
 def short(name: str) -> str:
-    for key in ("attn_main_kernel", "attn_combine_kernel", "attn_probs_kernel", "attn_wgmma_kernel"):
+    for key in ("attn_main_kernel", "attn_combine_kernel", "attn_probs_kernel", "attn_wgmma_kernel",
+                "attn_scores_kernel"):
         if key in name:
             return key.replace("_kernel", "")
     return name[:40]
@@ -103,17 +104,13 @@ def main() -> None:
     for spec in args.shapes.split(","):
         model, B, n, T = spec.split(":")
         B, n, T = int(B), int(n), int(T)
-        H, Hkv, D = ops_bench.MODELS[model]
-        q = torch.randn(B, n, H, D, device="cuda", dtype=ops_bench.DT)
-        k = torch.randn(B, T, Hkv, D, device="cuda", dtype=ops_bench.DT)
-        v = torch.randn(B, T, Hkv, D, device="cuda", dtype=ops_bench.DT)
-        mask = torch.ones(B, T, dtype=torch.bool, device="cuda")
+        q, k, v, mask, scale = ops_bench.attention_inputs(model, B, n, T)
         for pdl in ("1", "0"):
             os.environ["DLLM_CORE_ATTN_PDL"] = pdl
             for probs in (False, True):
-                fn = lambda: ops.partial_attention(q, k, v, mask, D ** -0.5, probs)  # noqa: E731
+                fn = lambda: ops.partial_attention(q, k, v, mask, scale, probs)  # noqa: E731
                 row = dict(model=model, B=B, q=n, T=T, pdl=int(pdl), probs=probs,
-                           plan=ops_bench.attention_plan(q, k, v, mask, D ** -0.5, probs),
+                           plan=ops_bench.attention_plan(q, k, v, mask, scale, probs),
                            graph_us=ops_bench.graph_us(fn), **summarise(kernel_trace(fn, args.calls)))
                 result["rows"].append(row)
                 parts = "  ".join(f"{r['kernel']}@{r['start_us']:.1f}+{r['dur_us']:.1f}" for r in row["kernels"])

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ops_bench  # noqa: E402
-from ops_bench import MODELS, DT, attention_plan, graph_us, ops, plan_str  # noqa: E402
+from ops_bench import MODELS, attention_inputs, attention_plan, graph_us, ops, plan_str  # noqa: E402
 
 
 def parse_setting(text: str) -> dict[str, str]:
@@ -35,12 +35,7 @@ def parse_setting(text: str) -> dict[str, str]:
 
 
 def sweep_shape(model: str, B: int, n: int, T: int, settings: list[dict[str, str]], probs: bool) -> list[dict]:
-    H, Hkv, D = MODELS[model]
-    q = torch.randn(B, n, H, D, device="cuda", dtype=DT)
-    k = torch.randn(B, T, Hkv, D, device="cuda", dtype=DT)
-    v = torch.randn(B, T, Hkv, D, device="cuda", dtype=DT)
-    mask = torch.ones(B, T, dtype=torch.bool, device="cuda")
-    scale = D ** -0.5
+    q, k, v, mask, scale = attention_inputs(model, B, n, T)
     rows = []
     for env in settings:
         saved = {name: os.environ.get(name) for name in env}

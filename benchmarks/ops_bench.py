@@ -174,13 +174,20 @@ def plan_str(plan: dict) -> str:
     return f"r{plan['rows']}{wgmma}{stages} s{plan['splits']} / p{plan['probs_rows']}{ring}{halves} h{plan['head_slices']}"
 
 
-def attention_row(model, B, n, T, copy_bw):
+def attention_inputs(model: str, B: int, n: int, T: int):
+    """Random bf16 partial_attention inputs at a model's head shape, every key attendable:
+    (q (B, n, H, D), k, v (B, T, Hkv, D), mask (B, T), scale)."""
     H, Hkv, D = MODELS[model]
-    group, scale = H // Hkv, D ** -0.5
     q = torch.randn(B, n, H, D, device="cuda", dtype=DT)
     k = torch.randn(B, T, Hkv, D, device="cuda", dtype=DT)
     v = torch.randn(B, T, Hkv, D, device="cuda", dtype=DT)
-    mask = torch.ones(B, T, dtype=torch.bool, device="cuda")
+    return q, k, v, torch.ones(B, T, dtype=torch.bool, device="cuda"), D ** -0.5
+
+
+def attention_row(model, B, n, T, copy_bw):
+    H, Hkv, D = MODELS[model]
+    group = H // Hkv
+    q, k, v, mask, scale = attention_inputs(model, B, n, T)
     # Baselines get their favourite layouts, prepared outside the timed region.
     qs = q.transpose(1, 2).contiguous()                        # (B, H, n, D)
     kh, vh = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()  # (B, Hkv, T, D)
