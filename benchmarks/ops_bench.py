@@ -162,15 +162,17 @@ def attention_plan(q, k, v, mask, scale, return_probs) -> dict:
 
 def plan_str(plan: dict) -> str:
     """Compact plan: main rows(w: wgmma)(xK/V stages)/splits, probability rows(x3: a 3-stage ring)/head slices
-    (k2: key halves) (e.g. r64x3 s8 / p32k2 h1, r128wx3 s1 / p64x3 h2), or "scores" for the stored-scores pass."""
+    (k2: key halves) (e.g. r64x3 s8 / p32k2 h1, r128wx3 s1 / p64x3 h2), or "scores" / "exps16" for the
+    stored-scores pass (float32 scores / float16 exponentials)."""
     if not plan:
         return "?"
     wgmma = "w" if plan.get("mma") == 1 else ""
     stages = f"x{plan['stages']}" if "stages" in plan else ""
     ring = "x3" if plan.get("probs_stages") == 3 else ""
     halves = "k2" if plan.get("probs_key_halves") == 1 else ""
-    if plan.get("probs_scores") == 1:  # stored scores: no recomputing pass, its fields do not apply
-        return f"r{plan['rows']}{wgmma}{stages} s{plan['splits']} / scores"
+    if plan.get("probs_scores") in (1, 2):  # stored scores: no recomputing pass, its fields do not apply
+        kind = "scores" if plan["probs_scores"] == 1 else "exps16"
+        return f"r{plan['rows']}{wgmma}{stages} s{plan['splits']} / {kind}"
     return f"r{plan['rows']}{wgmma}{stages} s{plan['splits']} / p{plan['probs_rows']}{ring}{halves} h{plan['head_slices']}"
 
 

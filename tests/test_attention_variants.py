@@ -11,7 +11,7 @@ at every call), so each variant runs on every shape here, including shapes its a
 sees; ``..._PDL=0`` launches the combine and probability kernels as plain stream successors instead of
 programmatic dependents; ``..._CARVEOUT=0`` leaves the L1 / shared-memory split to the driver;
 ``..._PROBS_KEY_HALVES=0/1`` one or two warps per 16-row slab of the probability pass;
-``..._PROBS_SCORES=0/1`` the recomputing probability pass or the stored-scores one (tested in
+``..._PROBS_SCORES=0/1/2`` the recomputing probability pass or a stored-scores one (tested in
 tests/test_attention_stored_scores.py; the probability-pass tests here force the recomputing one);
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.

@@ -53,7 +53,7 @@ bool attention_supported(DType dtype, int head_dim) {
   return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (head_dim == 64 || head_dim == 128);
 }
 
-AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device) {
+AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool probs, int device) {
   AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 0, 0};
   plan.pdl = pdl_enabled(device) ? 1 : 0;
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
@@ -171,19 +171,24 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, in
     // blocks keep one warp per slab.  DLLM_CORE_ATTN_PROBS_KEY_HALVES=0/1 overrides.
     plan.probs_key_halves = env_int("DLLM_CORE_ATTN_PROBS_KEY_HALVES", plan.probs_rows == 32 ? 1 : 0,
                                     [](int v) { return v == 0 || v == 1; });
-    // Stored scores (attention_scores.cuh): the main pass writes the (B, H, n, T) float32 scores and one
-    // streaming kernel merges the splits and sums the probabilities, in place of the combine kernel and the
-    // recomputing pass.  It saves a kernel boundary only where the keys are split, and its bytes grow with
-    // H x n where the recomputing pass reads K (Hkv x D), so only split calls whose scores are small: A/B on
-    // the H100 over the 24 batch-1 ops_bench shapes (session 8,
-    // benchmarks/results/h100-session8-scores-mode{0,1}-b1.json and -mode{0,1}.json, two calls): split,
-    // with scores up to 1/6 of L2 (8.7 MB of 50; 11 shapes), 0.77x-1.06x the time (Dream-7B q=64 T=512
-    // 18.0 -> 15.0 and 18.8 -> 14.5 us; worst LLaDA-8B q=32 T=1024, 18.5 -> 19.6); unsplit (LLaDA q=128
-    // T=512) 1.03x-1.08x; larger scores 0.92x-1.39x (Dream q=128 T=4096 53.8 -> 74.8).
-    // DLLM_CORE_ATTN_PROBS_SCORES=0/1 overrides (1 still needs H <= kScoreMaxHeads, the pass's log-sum-exp table).
+    // Stored scores (attention_scores.cuh): the main pass writes its (B, H, n, T) float32 scores (mode 1) or
+    // float16 exponentials (mode 2) and one streaming kernel merges the splits and sums the probabilities, in
+    // place of the combine kernel and the recomputing pass.  Two cases, measured on the H100:
+    // - Split calls whose float32 scores fit in 1/6 of L2 (8.7 MB of 50; 11 batch-1 ops_bench shapes): it
+    //   saves a kernel boundary.  Session 8 (mode 1 against 0, benchmarks/results/h100-session8-scores-mode{0,1}-b1.json
+    //   and -mode{0,1}.json): 0.77x-1.06x the time (Dream-7B q=64 T=512 18.0 -> 15.0 us); unsplit (LLaDA q=128
+    //   T=512) 1.03x-1.08x, larger scores 0.92x-1.39x.  Mode 2 there (session 9, h100-session9-*.json) beats
+    //   mode 1 behind the mma.sync main pass (LLaDA-8B q=32 T=1024 17.9 vs 18.9-19.6 us) and loses behind
+    //   wgmma (Dream-7B q=64 T=512 16.7 vs 14.5-15.0: its extra float16 conversions sit in the softmax).
+    // - DRAM-bound calls, where the recomputing pass reads K a second time (2 D bytes per key and kv head)
+    //   and mode 2 writes and reads back 2 group n bytes per key and kv head, a written byte costing ~1.4
+    //   read ones: mode 2 where 2.4 group n <= D (LLaDA-8B q=32: 0.89x-0.91x the time at batch 16; q=64,
+    //   1.03x-1.19x, and every Dream-7B shape, 1.28x-1.62x, stay recomputing).
+    // DLLM_CORE_ATTN_PROBS_SCORES=0/1/2 overrides (1 and 2 still need H <= kScoreMaxHeads, the pass's table).
     const double scores_bytes = 4.0 * B * H * n * (ceil_div(T, 128) * 128.0);
     const bool small = plan.splits > 1 && scores_bytes <= l2_bytes(device) / 6.0;
-    plan.probs_scores = env_int("DLLM_CORE_ATTN_PROBS_SCORES", small ? 1 : 0, [](int v) { return v == 0 || v == 1; });
+    const int auto_scores = small ? (plan.mma == 0 ? 2 : 1) : 2.4 * (H / Hkv) * n <= D ? 2 : 0;
+    plan.probs_scores = env_int("DLLM_CORE_ATTN_PROBS_SCORES", auto_scores, [](int v) { return v >= 0 && v <= 2; });
     if (H > kScoreMaxHeads) plan.probs_scores = 0;
   }
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')

@@ -1,27 +1,33 @@
-// Stored-scores mode of dllm_core::partial_attention (plan.probs_scores == 1): the work after a main pass
-// that wrote its scaled, masked scores (p.scores, (B, H, n, scores_ld) float32, -inf where masked).
+// Stored-scores modes of dllm_core::partial_attention: the work after a main pass that stored, per (batch,
+// head, query row) and key (p.scores, (B, H, n, scores_ld)), either its scaled, masked log2-domain scores as
+// float32 (plan.probs_scores == 1; probability = exp2(s - lse)) or its exponentials exp2(s - m) as float16
+// with the running max m of every 64-key chunk (== 2, p.score_max; probability = exp2(s - m) exp2(m - lse):
+// half the bytes, relative rounding 2^-11).
 //
 // The recomputing probability pass (partial_attention_probs.cu) redoes Q K^T on the tensor cores, one
 // dependent chain of copies and MMAs per head; at batch 1 that chain, not memory, sets its time, and
 // main -> combine -> probabilities costs a kernel boundary each.  Here the rest is independent loads:
 //   - combine items: the split merge of a warp's rows (combine_chunk; 128 / D rows per warp);
 //   - probability items: 32 keys of one (batch, query row) per warp, its lanes 4 head groups x 8 four-key
-//     columns (a head group's loads of one head are 128 contiguous bytes).  Each lane sums
-//     exp2(score - lse) over its group's heads and the groups add up by shuffles.  The row's per-head
-//     log2-sum-exps are merged from the split partials by the warp itself (lanes over heads), after it
-//     has issued its first heads' score loads, so the two latencies overlap.
+//     columns (a head group's loads of one head are 128 or 64 contiguous bytes).  Each lane sums the
+//     probabilities over its group's heads and the groups add up by shuffles.  The row's per-head lse (or
+//     factor exp2(m - lse)) comes from a per-warp table that the warp fills itself (lanes over heads: the
+//     split partials' log2-sum-exp merge), after it has issued its first heads' loads, so the latencies
+//     overlap.
 // Run by a kernel of its own after the main pass (partial_attention_scores.cu).  Running it inside the
 // main pass after a grid-wide barrier (cooperative launch) was measured slower (docs/kernels.md).
 #pragma once
+
+#include <type_traits>
 
 #include "attention_combine.cuh"
 
 namespace dllm_core {
 namespace cuda {
 
-constexpr int kScoreMaxHeads = 256;  // per-warp log-sum-exp table (the plan checks H against it)
+constexpr int kScoreMaxHeads = 256;  // per-warp lse / factor table (the plan checks H against it)
 constexpr int kScoreHeadGroups = 4, kScoreColumnGroups = 32 / kScoreHeadGroups, kScoreWarpKeys = 4 * kScoreColumnGroups;
-constexpr int kScorePreload = 8;  // heads per lane whose scores are loaded before the log-sum-exps (32 heads)
+constexpr int kScorePreload = 8;  // heads per lane whose values are loaded before the table (32 heads)
 
 // Log2-sum-exp of (batch b, head h, query row row): merged from the split partials, or the main pass's own.
 __device__ __forceinline__ float scores_row_lse(const AttentionParams& p, int splits, int b, int h, int row) {
@@ -53,33 +59,52 @@ __host__ __device__ __forceinline__ int64_t scores_probs_items(const AttentionPa
   return static_cast<int64_t>(p.B) * p.n * ((p.T + kScoreWarpKeys - 1) / kScoreWarpKeys);
 }
 
-// One probability item: 32 keys of (batch, query row); lse_table: this warp's kScoreMaxHeads floats.
-__device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int splits, int64_t item, float* lse_table) {
+// One probability item: 32 keys of (batch, query row); table: this warp's kScoreMaxHeads floats.
+// HALF (plan.probs_scores == 2): float16 exponentials, table = per-head factor exp2(m - lse) of the item's
+// 64-key chunk; else float32 scores, table = per-head lse.
+template <bool HALF>
+__device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int splits, int64_t item, float* table) {
+  using Raw = std::conditional_t<HALF, uint2, float4>;  // four keys' stored values
+  using Elem = std::conditional_t<HALF, __half, float>;
   const int lane = threadIdx.x & 31;
   const int chunks = (p.T + kScoreWarpKeys - 1) / kScoreWarpKeys;
   const int chunk = static_cast<int>(item % chunks), row = static_cast<int>(item / chunks % p.n);
   const int b = static_cast<int>(item / chunks / p.n);
   const int hg = lane / kScoreColumnGroups, c = chunk * kScoreWarpKeys + (lane % kScoreColumnGroups) * 4;
-  // Head h of this lane's group: scores of (b, h, row) at keys c .. c + 3 (scores_ld is a multiple of 128:
-  // in bounds and 16-byte aligned even past T; those keys are not stored below).
-  const float* sbase = p.scores + (static_cast<int64_t>(b) * p.H * p.n + row) * p.scores_ld + c;
+  // Head h of this lane's group: stored values of (b, h, row) at keys c .. c + 3 (scores_ld is a multiple of
+  // 128: in bounds and aligned even past T; those keys are not stored below).
+  const Elem* sbase = static_cast<const Elem*>(p.scores) + (static_cast<int64_t>(b) * p.H * p.n + row) * p.scores_ld + c;
   const int64_t head_stride = static_cast<int64_t>(p.n) * p.scores_ld;
-  auto load = [&](int h) { return *reinterpret_cast<const float4*>(sbase + h * head_stride); };
+  auto load = [&](int h) { return *reinterpret_cast<const Raw*>(sbase + h * head_stride); };
 
-  float4 pre[kScorePreload];
+  Raw pre[kScorePreload];
 #pragma unroll
   for (int i = 0; i < kScorePreload; ++i) {
     const int h = hg + kScoreHeadGroups * i;
-    pre[i] = h < p.H ? load(h) : make_float4(0.f, 0.f, 0.f, 0.f);
+    pre[i] = h < p.H ? load(h) : Raw{};
   }
-  for (int h = lane; h < p.H; h += 32) lse_table[h] = scores_row_lse(p, splits, b, h, row);
+  // A row with no attendable key has lse = -inf (and m = -inf): NaN below, as the reference.
+  const int64_t max_ld = p.scores_ld / kBlockN, max_col = chunk * kScoreWarpKeys / kBlockN;
+  for (int h = lane; h < p.H; h += 32) {
+    const float lse = scores_row_lse(p, splits, b, h, row);
+    if constexpr (HALF)  // at most 1; 0 for a chunk with no attendable key (m = -inf) in a row with some
+      table[h] = exp2f(p.score_max[((static_cast<int64_t>(b) * p.H + h) * p.n + row) * max_ld + max_col] - lse);
+    else
+      table[h] = lse;
+  }
   __syncwarp();
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  auto add = [&](const float4& x, int h) {
-    const float lse = lse_table[h];  // -inf (no attendable key in the row): -inf - -inf = NaN, as the reference
-    acc[0] += fast_exp2(x.x - lse), acc[1] += fast_exp2(x.y - lse);
-    acc[2] += fast_exp2(x.z - lse), acc[3] += fast_exp2(x.w - lse);
+  auto add = [&](const Raw& x, int h) {
+    const float t = table[h];
+    if constexpr (HALF) {
+      const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&x.x));
+      const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&x.y));
+      acc[0] += lo.x * t, acc[1] += lo.y * t, acc[2] += hi.x * t, acc[3] += hi.y * t;
+    } else {
+      acc[0] += fast_exp2(x.x - t), acc[1] += fast_exp2(x.y - t);
+      acc[2] += fast_exp2(x.z - t), acc[3] += fast_exp2(x.w - t);
+    }
   };
 #pragma unroll
   for (int i = 0; i < kScorePreload; ++i) {
@@ -107,9 +132,9 @@ __device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int 
 }
 
 // Warp `w` of `warps` (whole warps; every lane calls) takes items w, w + warps, ...
-template <typename T, int D>
+template <typename T, int D, bool HALF>
 __device__ __forceinline__ void scores_finish(const AttentionParams& p, int splits, int64_t w, int64_t warps,
-                                              float* lse_table) {
+                                              float* table) {
   constexpr int kRowThreads = D / 4, kRowsPerWarp = 32 / kRowThreads;
   const int lane = threadIdx.x & 31;
   const int64_t combine = scores_combine_items<D>(p, splits), total = combine + scores_probs_items(p);
@@ -119,7 +144,7 @@ __device__ __forceinline__ void scores_finish(const AttentionParams& p, int spli
       const int64_t bhr = item * kRowsPerWarp + lane / kRowThreads;
       if (bhr < rows) combine_chunk<T, D>(p, splits, rows, bhr, (lane % kRowThreads) * 4);
     } else {
-      scores_probs_item(p, splits, item - combine, lse_table);
+      scores_probs_item<HALF>(p, splits, item - combine, table);
     }
   }
 }

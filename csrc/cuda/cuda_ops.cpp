@@ -132,14 +132,17 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
     out.zero_();
     return {out, return_probs ? at::empty({B, n, 0}, f32) : at::empty({0}, f32)};
   }
-  const auto plan = dc::plan_attention(B, n, H, Hkv, T, return_probs, q.get_device());
+  const auto plan = dc::plan_attention(B, n, H, Hkv, T, D, return_probs, q.get_device());
   // With head slices the probability pass adds into probs with atomics: the main pass zeroes it.
   at::Tensor probs = return_probs ? at::empty({B, n, T}, f32) : at::empty({0}, f32);
   at::Tensor lse = return_probs ? at::empty({B, H, n}, f32) : at::Tensor();
-  // Stored-scores mode: rows padded to 128 keys (aligned float4 loads, and the main pass's tiles never
-  // pass the end of a row).
+  // Stored-scores modes: float32 scores (1) or float16 exponentials and float32 64-key-chunk maxima (2), rows
+  // padded to 128 keys (aligned loads, and the main pass's tiles never pass the end of a row).
   const int64_t scores_ld = (T + 127) / 128 * 128;
-  at::Tensor scores = return_probs && plan.probs_scores == 1 ? at::empty({B, H, n, scores_ld}, f32) : at::Tensor();
+  const int stored = return_probs ? plan.probs_scores : 0;
+  at::Tensor scores = stored ? at::empty({B, H, n, scores_ld}, stored == 2 ? q.options().dtype(at::kHalf) : f32)
+                             : at::Tensor();
+  at::Tensor score_max = stored == 2 ? at::empty({B, H, n, scores_ld / 64}, f32) : at::Tensor();
   at::Tensor part_o, part_ml;
   if (plan.splits > 1) {
     part_o = at::empty({plan.splits, B, H, n, D}, f32);
@@ -155,7 +158,8 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   p.lse = return_probs ? lse.data_ptr<float>() : nullptr;
   p.part_o = plan.splits > 1 ? part_o.data_ptr<float>() : nullptr;
   p.part_ml = plan.splits > 1 ? part_ml.data_ptr<float>() : nullptr;
-  p.scores = scores.defined() ? scores.data_ptr<float>() : nullptr;
+  p.scores = stored ? scores.data_ptr() : nullptr;
+  p.score_max = stored == 2 ? score_max.data_ptr<float>() : nullptr;
   p.scores_ld = scores_ld;
   copy_strides(p.q_s, q);
   copy_strides(p.k_s, k);

@@ -43,9 +43,9 @@ struct AttentionPlan {
   int mma;              // main pass: 0 mma.sync (the row tiles above), 1 wgmma (sm_90a, 128 rows, warp-specialised, fixed 3-stage ring)
   int pdl;              // 1: the combine and probability kernels are launched as programmatic dependents (pdl.cuh)
   int probs_key_halves; // probability pass: 1 = two warps per 16-row slab, each taking 32 of the tile's 64 keys
-  int probs_scores;     // 1: the main pass stores the scores and one streaming pass merges the splits and sums
-                        // the probabilities from them (attention_scores.cuh) instead of the combine +
-                        // recomputing probability pass
+  int probs_scores;     // 1 / 2: the main pass stores its float32 scores / float16 exponentials and one
+                        // streaming pass merges the splits and sums the probabilities from them
+                        // (attention_scores.cuh) instead of the combine + recomputing probability pass (0)
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous
@@ -57,8 +57,11 @@ struct AttentionParams {
   float* lse;             // (B, H, n) log2-sum-exp of the scaled scores; needed when probs != null
   float* part_o;          // (splits, B, H, n, D) partial accumulators when splits > 1
   float* part_ml;         // (splits, B, H, n, 2) partial (max, sum) when splits > 1
-  float* scores;          // plan.probs_scores: (B, H, n, scores_ld) float32 scaled log2-domain scores (-inf where
-                          // masked) that the main pass writes; scores_ld = T rounded up to 128; else null
+  void* scores;           // plan.probs_scores: (B, H, n, scores_ld) float16 exponentials exp2(s - m) that the main
+                          // pass writes: s the scaled log2-domain score (-inf where masked, so 0), m its row's
+                          // running max after the key's 64-key chunk (score_max); scores_ld = T rounded up to
+                          // 128; else null
+  float* score_max;       // (B, H, n, scores_ld / 64) float32: m per 64-key chunk (-inf: no attendable key yet)
   int64_t scores_ld;
   int64_t q_s[3], k_s[3], v_s[3], mask_s0;
   int B, n, H, Hkv, T, D;
@@ -67,7 +70,7 @@ struct AttentionParams {
   int zero_probs;         // 1: the main pass zeroes probs (the probability pass adds head slices with atomics)
 };
 bool attention_supported(DType dtype, int head_dim);  // bf16/fp16 with D in {64, 128}
-AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, bool probs, int device);
+AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool probs, int device);
 cudaError_t launch_partial_attention(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
 
 // ---- certainty_density_topk ------------------------------------------------------------------

@@ -40,9 +40,10 @@ struct MainConfig {
   static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
 };
 
-// SCORES: the stored-scores mode (p.scores != null, attention_scores.cuh; a template flag: the stores'
-// registers cost the 128-row variant spills even where the branch is not taken).
-template <typename T, int D, int WARPS, int MT, int STAGES, bool SCORES>
+// SCORES: the stored-scores mode, plan.probs_scores (0 none; 1 float32 scores; 2 float16 exponentials and
+// chunk maxima; attention_scores.cuh).  A template value: the stores' registers cost the 128-row variant
+// spills even where the branch is not taken.
+template <typename T, int D, int WARPS, int MT, int STAGES, int SCORES>
 __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p, int tiles_per_split) {
   using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
@@ -139,7 +140,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
           s[mt][j][e] = (valid[e & 1] >> (4 * j)) & 1u ? s[mt][j][e] * scale_log2 : -INFINITY;
           mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
         }
-      if constexpr (SCORES)  // 64-key tiles never pass the padded row (scores_ld, a multiple of 128)
+      if constexpr (SCORES == 1)
         store_scores<8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0, static_cast<int>(p.scores_ld),
                         lane, [&](int j, int e) { return s[mt][j][e]; });
       float m_use[2];
@@ -165,6 +166,9 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
           s[mt][j][e] = fast_exp2(s[mt][j][e] - m_use[e >> 1]);
           l_run[mt][e >> 1] += s[mt][j][e];
         }
+      if constexpr (SCORES == 2)  // 64-key tiles never pass the padded row (scores_ld, a multiple of 128)
+        store_exps<8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0, static_cast<int>(p.scores_ld),
+                      lane, m_run[mt], [&](int j, int e) { return s[mt][j][e]; });
     }
 
     // O += P V: the S accumulators of key blocks 2kk, 2kk+1 are exactly the A fragment of k step
@@ -242,8 +246,10 @@ __global__ void attn_combine_kernel(AttentionParams p, int splits) {
 template <typename T, int D, int WARPS, int MT, int STAGES>
 cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
-  auto kernel = p.scores != nullptr ? attn_main_kernel<T, D, WARPS, MT, STAGES, true>
-                                    : attn_main_kernel<T, D, WARPS, MT, STAGES, false>;
+  const int mode = p.scores == nullptr ? 0 : plan.probs_scores;
+  auto kernel = mode == 2   ? attn_main_kernel<T, D, WARPS, MT, STAGES, 2>
+                : mode == 1 ? attn_main_kernel<T, D, WARPS, MT, STAGES, 1>
+                            : attn_main_kernel<T, D, WARPS, MT, STAGES, 0>;
   cudaError_t err = set_chain_smem(kernel, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);

@@ -1,5 +1,5 @@
-// Stored-scores pass of dllm_core::partial_attention as a kernel of its own (plan.probs_scores == 1): the
-// split merge and the head-mean probabilities from the scores the main pass stored (attention_scores.cuh),
+// Stored-scores pass of dllm_core::partial_attention as a kernel of its own (plan.probs_scores 1 or 2): the
+// split merge and the head-mean probabilities from what the main pass stored (attention_scores.cuh),
 // launched after the main pass as its programmatic dependent.  One warp per item.
 
 #include "attention_scores.cuh"
@@ -10,23 +10,25 @@ namespace {
 
 constexpr int kScoreThreads = 128, kScoreWarps = kScoreThreads / 32;
 
-template <typename T, int D>
+template <typename T, int D, bool HALF>
 __global__ void __launch_bounds__(kScoreThreads) attn_scores_kernel(AttentionParams p, int splits) {
-  __shared__ float lse_table[kScoreWarps][kScoreMaxHeads];
+  __shared__ float table[kScoreWarps][kScoreMaxHeads];  // per-warp head lse / factors
   pdl_wait();  // everything read here is the main pass's output
   const int warp = threadIdx.x >> 5;
-  scores_finish<T, D>(p, splits, static_cast<int64_t>(blockIdx.x) * kScoreWarps + warp,
-                      static_cast<int64_t>(gridDim.x) * kScoreWarps, lse_table[warp]);
+  scores_finish<T, D, HALF>(p, splits, static_cast<int64_t>(blockIdx.x) * kScoreWarps + warp,
+                            static_cast<int64_t>(gridDim.x) * kScoreWarps, table[warp]);
 }
 
 template <typename T, int D>
 cudaError_t launch_scores_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  if (p.H > kScoreMaxHeads || p.scores == nullptr || p.scores_ld % 128 != 0 || p.scores_ld < p.T)
+  if (p.H > kScoreMaxHeads || p.scores == nullptr || p.scores_ld % 128 != 0 ||
+      (plan.probs_scores == 2 && p.score_max == nullptr) || p.scores_ld < p.T)
     return cudaErrorInvalidValue;
   const int64_t items = scores_combine_items<D>(p, plan.splits) + scores_probs_items(p);
   const int64_t blocks = (items + kScoreWarps - 1) / kScoreWarps;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  return launch_chained(attn_scores_kernel<T, D>, dim3(static_cast<unsigned>(blocks)), dim3(kScoreThreads), 0, stream,
+  auto kernel = plan.probs_scores == 2 ? attn_scores_kernel<T, D, true> : attn_scores_kernel<T, D, false>;
+  return launch_chained(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kScoreThreads), 0, stream,
                         plan.pdl == 1, p, plan.splits);
 }
 

@@ -63,8 +63,9 @@ constexpr bool kPingPong = true;  // the consumers' GEMMs take turns (named barr
 // Online softmax of one 64-row x 128-key S tile in the log2 domain (rows lane / 4 and + 8 of the warp's
 // 16): keys not in `valid` -inf; row max over the quad sharing a row; alpha rescales the older O and l.
 // valid[2 h + e]: bit 4 j of it is this thread's column e of key block j of half h (see the caller).
-// store(s) sees the scaled, masked scores before the exponentials (stored-scores mode).
-template <typename Store>
+// store(s, m_run) sees the scaled, masked scores before the exponentials (stored-scores mode 1) or the
+// exponentials and the running max they used (mode 2).
+template <int SCORES, typename Store>
 __device__ __forceinline__ void softmax_tile(float (&s)[64], const uint32_t (&valid)[4], float scale_log2,
                                              float (&m_run)[2], float (&l_run)[2], float (&alpha)[2], Store&& store) {
   float mx[2] = {-INFINITY, -INFINITY}, m_use[2], sum[2] = {0.f, 0.f};
@@ -76,7 +77,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], const uint32_t (&va
       x = (valid[(j >> 3) * 2 + (e & 1)] >> (4 * (j & 7))) & 1u ? x * scale_log2 : -INFINITY;
       mx[e >> 1] = fmaxf(mx[e >> 1], x);
     }
-  store(s);
+  if constexpr (SCORES == 1) store(s, m_run);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
@@ -94,6 +95,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], const uint32_t (&va
       x = fast_exp2(x - m_use[e >> 1]);
       sum[e >> 1] += x;
     }
+  if constexpr (SCORES == 2) store(s, m_run);
   l_run[0] = l_run[0] * alpha[0] + sum[0];
   l_run[1] = l_run[1] * alpha[1] + sum[1];
 }
@@ -120,9 +122,10 @@ __device__ __forceinline__ WgUnit unit_at(const AttentionParams& p, const WgGrid
 }
 #endif
 
-// SCORES: the stored-scores mode (p.scores != null, attention_scores.cuh); a template flag: a runtime
-// check made the plain kernel up to 8% slower at batch 1 (session 8, Dream-7B q=32 T=512 9.5 -> 10.3 us).
-template <typename T, int D, bool SCORES>
+// SCORES: the stored-scores mode, plan.probs_scores (0 none, 1 float32 scores, 2 float16 exponentials;
+// attention_scores.cuh); a template value: a runtime check made the plain kernel up to 8% slower at batch 1
+// (session 8, Dream-7B q=32 T=512 9.5 -> 10.3 us).
+template <typename T, int D, int SCORES>
 __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionParams p, WgGrid w) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = WgConfig<D>;
@@ -223,12 +226,13 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
           for (int e = 0; e < 4; ++e) o[4 * dn + e] *= alpha[e >> 1];
       };
 
-      // Stored-scores mode: tile i's scores, before the exponentials (rows as the epilogue's).
+      // Stored-scores modes: tile i's scores, or its exponentials and running max (rows as the epilogue's).
       auto store = [&](int i) {
-        return [&, i](const float (&x)[64]) {
-          if constexpr (SCORES)
-            store_scores<16>(p, un.b, un.g * group, group, un.m0 + cw * 64 + warp * 16 + (lane >> 2), M,
-                             un.key_begin + i * kWgKeys, un.key_end, lane, [&](int j, int e) { return x[4 * j + e]; });
+        return [&, i](const float (&x)[64], const float (&mr)[2]) {
+          const int m = un.m0 + cw * 64 + warp * 16 + (lane >> 2), t0 = un.key_begin + i * kWgKeys;
+          auto at = [&](int j, int e) { return x[4 * j + e]; };
+          if constexpr (SCORES == 1) store_scores<16>(p, un.b, un.g * group, group, m, M, t0, un.key_end, lane, at);
+          if constexpr (SCORES == 2) store_exps<16>(p, un.b, un.g * group, group, m, M, t0, un.key_end, lane, mr, at);
         };
       };
       const int count = un.count;
@@ -248,7 +252,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
         wg::wait<0>();
         wg::pin(s);
         if (count == 1 && lane == 0) wg::mbar_arrive(q_empty);  // last read of Q done
-        softmax_tile(s, valid, scale_log2, m_run, l_run, alpha, store(0));
+        softmax_tile<SCORES>(s, valid, scale_log2, m_run, l_run, alpha, store(0));
         wg::pack_p<T, kWgKeys>(pf, s);
 
         for (int i = 1; i < count; ++i) {
@@ -270,7 +274,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
           wg::wait<1>();  // S_i landed; P_{i-1} V_{i-1} runs on under the softmax
           wg::pin(s);
           if (i == count - 1 && lane == 0) wg::mbar_arrive(q_empty);  // last read of Q done: reload it
-          softmax_tile(s, valid, scale_log2, m_run, l_run, alpha, store(i));
+          softmax_tile<SCORES>(s, valid, scale_log2, m_run, l_run, alpha, store(i));
           // A basic-block boundary (a wait on full(t), complete since the top of the iteration: a loop)
           // keeps ptxas from hoisting the next wait above the exponentials (it did, serialising them).
           wg::mbar_wait(full(t % kWgStages), (t / kWgStages) & 1);
@@ -333,7 +337,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
 // per unit (round 2's grid, flattened), same kernel.
 template <typename T, int D>
 cudaError_t launch_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  auto kernel = p.scores != nullptr ? attn_wgmma_kernel<T, D, true> : attn_wgmma_kernel<T, D, false>;
+  const int mode = p.scores == nullptr ? 0 : plan.probs_scores;
+  auto kernel = mode == 2   ? attn_wgmma_kernel<T, D, 2>
+                : mode == 1 ? attn_wgmma_kernel<T, D, 1>
+                            : attn_wgmma_kernel<T, D, 0>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WgConfig<D>::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
