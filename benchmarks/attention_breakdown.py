@@ -37,14 +37,13 @@ DEFAULT_SHAPES = ("LLaDA-8B:1:32:512,LLaDA-8B:1:64:1024,LLaDA-8B:1:128:1024,LLaD
 
 def kernel_trace(fn, calls: int) -> list[list[tuple[str, float, float]]]:
     """Per call: (kernel name, start us relative to the call's first kernel, duration us), flush excluded."""
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
     acts = [torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(calls):
-            flush.zero_()
+            ops_bench.flush_l2()
             fn()
         torch.cuda.synchronize()
     kernels = sorted(((e.name, e.time_range.start, e.time_range.end) for e in prof.events()
@@ -91,7 +90,9 @@ def main() -> None:
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated model:B:q:T")
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ops_bench.add_flush_arg(ap)
     args = ap.parse_args()
+    ops_bench.FLUSH = args.flush
     if not torch.cuda.is_available():
         sys.exit("attention_breakdown.py needs a CUDA device")
     print("command:", " ".join(shlex.quote(a) for a in sys.argv))
@@ -100,7 +101,7 @@ def main() -> None:
     fixed = ops_bench.graph_us(lambda: tiny.add_(1))
     print(f"graph timer, one 1-element kernel: {fixed:.2f} us")
     result = dict(meta=dict(command=sys.argv, device=torch.cuda.get_device_name(), torch=torch.__version__,
-                            one_kernel_graph_us=fixed), rows=[])
+                            one_kernel_graph_us=fixed, flush=args.flush), rows=[])
     for spec in args.shapes.split(","):
         model, B, n, T = spec.split(":")
         B, n, T = int(B), int(n), int(T)

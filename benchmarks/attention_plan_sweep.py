@@ -67,10 +67,12 @@ def main() -> None:
     ap.add_argument("--settings", default="auto", help="semicolon list of settings (NAME=VALUE,...; auto)")
     ap.add_argument("--probs", choices=("0", "1", "both"), default="both", help="time without / with probabilities")
     ap.add_argument("--out", help="write the rows as JSON here")
+    ops_bench.add_flush_arg(ap)
     args = ap.parse_args()
+    ops_bench.FLUSH = args.flush
     settings = [parse_setting(s) for s in args.settings.split(";")]
     props = torch.cuda.get_device_properties(0)
-    print(f"command: {' '.join(sys.argv)}\nGPU: {props.name}  torch {torch.__version__}  timer: graph")
+    print(f"command: {' '.join(sys.argv)}\nGPU: {props.name}  torch {torch.__version__}  timer: graph ({args.flush} flush)")
     ops_bench.TIMER = "graph"
     results = []
     specs = args.shapes.split(",") if args.shapes else [
@@ -83,7 +85,7 @@ def main() -> None:
             results += sweep_shape(model, int(B), int(n), int(T), settings, probs)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(command=" ".join(sys.argv), gpu=props.name, rows=results), f, indent=1)
+            json.dump(dict(command=" ".join(sys.argv), gpu=props.name, flush=args.flush, rows=results), f, indent=1)
 
 
 if __name__ == "__main__":

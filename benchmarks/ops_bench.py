@@ -21,6 +21,12 @@ Times in microseconds, the L2 cache flushed before every call.  Default timer (-
 time per call from CUDA-graph replays (10 x (flush, call) minus 10 x flush, median of 7 replays), so
 host overhead, which made batch-1 baselines move by up to 3x between runs, is out of both sides;
 --timer launch: medians of triton.testing.do_bench over eager calls, as the first two sessions' runs.
+The graph timer's flush (--flush): "write" (the default; every recorded run) zeroes a 256 MB buffer,
+which leaves ~50 MB of dirty lines whose write-back the timed call pays while it reads (+8 us for a
+134 MB read, charged to ours and the baselines alike: benchmarks/flush_check.py); "read" sums one of
+two 256 MB buffers in turn, leaving clean lines.  Session 9 measured the read flush and kept the write
+one: it removes that charge from large calls but makes batch-1 calls 1-5 us slower, ours and SDPA's
+(cause not established; docs/benchmarks.md).
 Bandwidth counts each input read once and each output written once, against a
 device-to-device copy measured in the same run.  Each row also records the max deviation from
 the baseline's result, so a fast wrong kernel cannot pass unnoticed.
@@ -78,24 +84,42 @@ def launch_us(fn) -> float:
         return event_median_us(fn, 50)
 
 
-_FLUSH: list[torch.Tensor] = []
+FLUSH = "write"  # --flush
+_flush_buffers: list[torch.Tensor] = []
+_flush_turn = 0  # the buffer the next read flush takes
+
+
+def flush_l2():
+    """The graph timer's L2 eviction (FLUSH).  "write" (default): zeroing a 256 MB buffer, which leaves ~50 MB
+    of dirty lines.  "read": a sum over one of two 256 MB buffers, taken in turn, so the L2 holds clean lines
+    and the next flush finds none of its own there whatever the call evicted (one buffer read twice would
+    hit in L2 after an empty call and miss after a large one, charging the call for its evictions)."""
+    global _flush_turn
+    while len(_flush_buffers) < (1 if FLUSH == "write" else 2):
+        _flush_buffers.append(torch.zeros(64 * 2**20, dtype=torch.float32, device="cuda"))
+    if FLUSH == "write":
+        return _flush_buffers[0].zero_()
+    _flush_turn = 1 - _flush_turn
+    return torch.sum(_flush_buffers[1 - _flush_turn])
+
+
+def add_flush_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--flush", choices=("write", "read"), default="write",
+                    help="graph timer's L2 eviction before every call: write (default) a 256 MB buffer, leaving "
+                         "dirty lines the timed call writes back, or read one of two in turn, leaving clean ones")
 
 
 def graph_us(fn, calls: int = 10, reps: int = 7) -> float:
     """Graph timer: GPU time per call with the L2 cache cold and no host time.  One CUDA graph of
-    `calls` x (256 MB memset, fn) and one of the memsets alone (each captured by the project's
+    `calls` x (flush_l2(), fn) and one of the flushes alone (each captured by the project's
     capture_graph: warm-up on a side stream, then capture), replayed in `reps` adjacent pairs; the
     per-call time is the median over pairs of the difference / calls.  Pairs, not two separate
     medians: a clock that drifts between the two series (as after the heavy batch-16 rows, where the
     first batch-1 row read 22 us instead of 10 in runs e, h and k) cancels within a pair."""
-    if not _FLUSH:
-        _FLUSH.append(torch.empty(256 * 2**20, dtype=torch.int8, device="cuda"))
-    flush = _FLUSH[0]
-
     def graph_of(body):
         def repeated():
             for _ in range(calls):
-                flush.zero_()
+                flush_l2()
                 body()
         graph, _ = capture_graph(repeated, torch.cuda.Stream(), warmup=2)
         graph.replay()
@@ -297,9 +321,10 @@ def main() -> None:
     ap.add_argument("--timer", choices=("graph", "launch"), default="graph",
                     help="graph (default): GPU time from CUDA-graph replays, L2 cold, no host time; launch: "
                          "triton do_bench of eager calls (L2 cold; host time shows where it exceeds the flush)")
+    add_flush_arg(ap)
     args = ap.parse_args()
-    global TIMER
-    TIMER = args.timer
+    global TIMER, FLUSH
+    TIMER, FLUSH = args.timer, args.flush
     torch.manual_seed(0)
     qs, Ts, Bs = ([32, 128], [4096], [1, 16]) if args.quick else ([32, 64, 128], [512, 1024, 2048, 4096], [1, 16])
     qs, Ts, Bs = args.q or qs, args.T or Ts, args.batch or Bs
@@ -309,9 +334,11 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     meta = dict(command=" ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), gpu=props.name,
                 torch=torch.__version__, cuda=torch.version.cuda, extension=ops.extension_status(),
-                attn_env={k: v for k, v in os.environ.items() if k.startswith("DLLM_CORE_ATTN_")}, timer=TIMER)
+                attn_env={k: v for k, v in os.environ.items() if k.startswith("DLLM_CORE_ATTN_")}, timer=TIMER,
+                flush=FLUSH)
     meta["copy_GBps"] = copy_bw = copy_bandwidth()
-    print(f"command: {meta['command']}\nGPU: {meta['gpu']}  torch {meta['torch']}  CUDA {meta['cuda']}  timer: {TIMER}")
+    print(f"command: {meta['command']}\nGPU: {meta['gpu']}  torch {meta['torch']}  CUDA {meta['cuda']}  timer: {TIMER}"
+          f"{' (' + FLUSH + ' flush)' if TIMER == 'graph' else ''}")
     print(f"device-to-device copy: {copy_bw:.0f} GB/s (read + write)\nextension: {json.dumps(meta['extension'])}")
     attn, kv, dens = [], [], []
     for model in args.models:

@@ -8,8 +8,10 @@
 // dependent chain of copies and MMAs per head; at batch 1 that chain, not memory, sets its time, and
 // main -> combine -> probabilities costs a kernel boundary each.  Here the rest is independent loads:
 //   - combine items: the split merge of a warp's rows (combine_chunk; 128 / D rows per warp);
-//   - probability items: 32 keys of one (batch, query row) per warp, its lanes 4 head groups x 8 four-key
-//     columns (a head group's loads of one head are 128 or 64 contiguous bytes).  Each lane sums the
+//   - probability items: 32 (float32) or 64 (float16) keys of one (batch, query row) per warp, its lanes 4
+//     head groups x 8 columns of 4 or 8 keys (one 16-byte load per head: a head group's loads of one head are
+//     128 contiguous bytes; 8-byte float16 loads over 32 keys made the pass 40% of DRAM bandwidth at LLaDA-8B
+//     batch 16, ncu).  Each lane sums the
 //     probabilities over its group's heads and the groups add up by shuffles.  The row's per-head lse (or
 //     factor exp2(m - lse)) comes from a per-warp table that the warp fills itself (lanes over heads: the
 //     split partials' log2-sum-exp merge), after it has issued its first heads' loads, so the latencies
@@ -26,7 +28,12 @@ namespace dllm_core {
 namespace cuda {
 
 constexpr int kScoreMaxHeads = 256;  // per-warp lse / factor table (the plan checks H against it)
-constexpr int kScoreHeadGroups = 4, kScoreColumnGroups = 32 / kScoreHeadGroups, kScoreWarpKeys = 4 * kScoreColumnGroups;
+constexpr int kScoreHeadGroups = 4, kScoreColumnGroups = 32 / kScoreHeadGroups;
+// Keys per lane and per item: one 16-byte load per head, 4 float32 scores or 8 float16 exponentials.
+template <bool HALF>
+constexpr int kScoreLaneKeys = HALF ? 8 : 4;
+template <bool HALF>
+constexpr int kScoreWarpKeys = kScoreLaneKeys<HALF> * kScoreColumnGroups;
 constexpr int kScorePreload = 8;  // heads per lane whose values are loaded before the table (32 heads)
 
 // Log2-sum-exp of (batch b, head h, query row row): merged from the split partials, or the main pass's own.
@@ -55,36 +62,37 @@ __host__ __device__ __forceinline__ int64_t scores_combine_items(const Attention
   constexpr int kRowsPerWarp = 128 / D;
   return splits > 1 ? (static_cast<int64_t>(p.B) * p.H * p.n + kRowsPerWarp - 1) / kRowsPerWarp : 0;
 }
+template <bool HALF>
 __host__ __device__ __forceinline__ int64_t scores_probs_items(const AttentionParams& p) {
-  return static_cast<int64_t>(p.B) * p.n * ((p.T + kScoreWarpKeys - 1) / kScoreWarpKeys);
+  return static_cast<int64_t>(p.B) * p.n * ((p.T + kScoreWarpKeys<HALF> - 1) / kScoreWarpKeys<HALF>);
 }
 
-// One probability item: 32 keys of (batch, query row); table: this warp's kScoreMaxHeads floats.
+// One probability item: kScoreWarpKeys keys of (batch, query row); table: this warp's kScoreMaxHeads floats.
 // HALF (plan.probs_scores == 2): float16 exponentials, table = per-head factor exp2(m - lse) of the item's
 // 64-key chunk; else float32 scores, table = per-head lse.
 template <bool HALF>
 __device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int splits, int64_t item, float* table) {
-  using Raw = std::conditional_t<HALF, uint2, float4>;  // four keys' stored values
+  constexpr int KL = kScoreLaneKeys<HALF>, WK = kScoreWarpKeys<HALF>;
   using Elem = std::conditional_t<HALF, __half, float>;
   const int lane = threadIdx.x & 31;
-  const int chunks = (p.T + kScoreWarpKeys - 1) / kScoreWarpKeys;
+  const int chunks = (p.T + WK - 1) / WK;
   const int chunk = static_cast<int>(item % chunks), row = static_cast<int>(item / chunks % p.n);
   const int b = static_cast<int>(item / chunks / p.n);
-  const int hg = lane / kScoreColumnGroups, c = chunk * kScoreWarpKeys + (lane % kScoreColumnGroups) * 4;
-  // Head h of this lane's group: stored values of (b, h, row) at keys c .. c + 3 (scores_ld is a multiple of
-  // 128: in bounds and aligned even past T; those keys are not stored below).
+  const int hg = lane / kScoreColumnGroups, c = chunk * WK + (lane % kScoreColumnGroups) * KL;
+  // Head h of this lane's group: stored values of (b, h, row) at keys c .. c + KL - 1 (scores_ld is a multiple
+  // of 128: in bounds and 16-byte aligned even past T; those keys are not stored below).
   const Elem* sbase = static_cast<const Elem*>(p.scores) + (static_cast<int64_t>(b) * p.H * p.n + row) * p.scores_ld + c;
   const int64_t head_stride = static_cast<int64_t>(p.n) * p.scores_ld;
-  auto load = [&](int h) { return *reinterpret_cast<const Raw*>(sbase + h * head_stride); };
+  auto load = [&](int h) { return *reinterpret_cast<const uint4*>(sbase + h * head_stride); };
 
-  Raw pre[kScorePreload];
+  uint4 pre[kScorePreload];
 #pragma unroll
   for (int i = 0; i < kScorePreload; ++i) {
     const int h = hg + kScoreHeadGroups * i;
-    pre[i] = h < p.H ? load(h) : Raw{};
+    pre[i] = h < p.H ? load(h) : make_uint4(0u, 0u, 0u, 0u);
   }
   // A row with no attendable key has lse = -inf (and m = -inf): NaN below, as the reference.
-  const int64_t max_ld = p.scores_ld / kBlockN, max_col = chunk * kScoreWarpKeys / kBlockN;
+  const int64_t max_ld = p.scores_ld / kBlockN, max_col = static_cast<int64_t>(chunk) * WK / kBlockN;
   for (int h = lane; h < p.H; h += 32) {
     const float lse = scores_row_lse(p, splits, b, h, row);
     if constexpr (HALF)  // at most 1; 0 for a chunk with no attendable key (m = -inf) in a row with some
@@ -94,16 +102,20 @@ __device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int 
   }
   __syncwarp();
 
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  auto add = [&](const Raw& x, int h) {
+  float acc[KL];
+#pragma unroll
+  for (int k = 0; k < KL; ++k) acc[k] = 0.f;
+  auto add = [&](const uint4& x, int h) {
     const float t = table[h];
-    if constexpr (HALF) {
-      const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&x.x));
-      const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&x.y));
-      acc[0] += lo.x * t, acc[1] += lo.y * t, acc[2] += hi.x * t, acc[3] += hi.y * t;
-    } else {
-      acc[0] += fast_exp2(x.x - t), acc[1] += fast_exp2(x.y - t);
-      acc[2] += fast_exp2(x.z - t), acc[3] += fast_exp2(x.w - t);
+    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (HALF) {
+        const float2 e = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+        acc[2 * i] += e.x * t, acc[2 * i + 1] += e.y * t;
+      } else {
+        acc[i] += fast_exp2(__uint_as_float(w[i]) - t);
+      }
     }
   };
 #pragma unroll
@@ -116,18 +128,24 @@ __device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int 
   __syncwarp();  // the table is rewritten by the warp's next item
   // Sum the head groups (lanes l, l + 8, l + 16, l + 24 share their keys).
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < KL; ++k) {
     acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], 8);
     acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], 16);
   }
-  if (hg != 0 || c >= p.T) return;
+  if (hg != 0) return;
   const float inv_heads = 1.f / static_cast<float>(p.H);
   float* dst = p.probs + (static_cast<int64_t>(b) * p.n + row) * p.T + c;
-  if ((p.T & 3) == 0) {  // 16-byte aligned rows, and c + 3 < T
-    *reinterpret_cast<float4*>(dst) = make_float4(acc[0] * inv_heads, acc[1] * inv_heads, acc[2] * inv_heads,
-                                                  acc[3] * inv_heads);
-  } else {
-    for (int k = 0; k < 4 && c + k < p.T; ++k) dst[k] = acc[k] * inv_heads;
+#pragma unroll
+  for (int k4 = 0; k4 < KL / 4; ++k4) {
+    const int cc = c + 4 * k4;
+    if (cc >= p.T) break;
+    const float* a = acc + 4 * k4;
+    if ((p.T & 3) == 0) {  // 16-byte aligned rows, and cc + 3 < T
+      *reinterpret_cast<float4*>(dst + 4 * k4) = make_float4(a[0] * inv_heads, a[1] * inv_heads, a[2] * inv_heads,
+                                                             a[3] * inv_heads);
+    } else {
+      for (int k = 0; k < 4 && cc + k < p.T; ++k) dst[4 * k4 + k] = a[k] * inv_heads;
+    }
   }
 }
 
@@ -137,7 +155,7 @@ __device__ __forceinline__ void scores_finish(const AttentionParams& p, int spli
                                               float* table) {
   constexpr int kRowThreads = D / 4, kRowsPerWarp = 32 / kRowThreads;
   const int lane = threadIdx.x & 31;
-  const int64_t combine = scores_combine_items<D>(p, splits), total = combine + scores_probs_items(p);
+  const int64_t combine = scores_combine_items<D>(p, splits), total = combine + scores_probs_items<HALF>(p);
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * p.n;
   for (int64_t item = w; item < total; item += warps) {
     if (item < combine) {

@@ -24,10 +24,11 @@ cudaError_t launch_scores_typed(const AttentionParams& p, const AttentionPlan& p
   if (p.H > kScoreMaxHeads || p.scores == nullptr || p.scores_ld % 128 != 0 ||
       (plan.probs_scores == 2 && p.score_max == nullptr) || p.scores_ld < p.T)
     return cudaErrorInvalidValue;
-  const int64_t items = scores_combine_items<D>(p, plan.splits) + scores_probs_items(p);
+  const bool half = plan.probs_scores == 2;
+  const int64_t items = scores_combine_items<D>(p, plan.splits) + (half ? scores_probs_items<true>(p) : scores_probs_items<false>(p));
   const int64_t blocks = (items + kScoreWarps - 1) / kScoreWarps;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  auto kernel = plan.probs_scores == 2 ? attn_scores_kernel<T, D, true> : attn_scores_kernel<T, D, false>;
+  auto kernel = half ? attn_scores_kernel<T, D, true> : attn_scores_kernel<T, D, false>;
   return launch_chained(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kScoreThreads), 0, stream,
                         plan.pdl == 1, p, plan.splits);
 }
