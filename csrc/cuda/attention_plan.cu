@@ -175,11 +175,12 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool pr
     // float16 exponentials (mode 2) and one streaming kernel merges the splits and sums the probabilities, in
     // place of the combine kernel and the recomputing pass.  Two cases, measured on the H100:
     // - Split calls whose float32 scores fit in 1/6 of L2 (8.7 MB of 50; 11 batch-1 ops_bench shapes): it
-    //   saves a kernel boundary.  Session 8 (mode 1 against 0, benchmarks/results/h100-session8-scores-mode{0,1}-b1.json
-    //   and -mode{0,1}.json): 0.77x-1.06x the time (Dream-7B q=64 T=512 18.0 -> 15.0 us); unsplit (LLaDA q=128
-    //   T=512) 1.03x-1.08x, larger scores 0.92x-1.39x.  Mode 2 there (session 9, h100-session9-*.json) beats
-    //   mode 1 behind the mma.sync main pass (LLaDA-8B q=32 T=1024 17.9 vs 18.9-19.6 us) and loses behind
-    //   wgmma (Dream-7B q=64 T=512 16.7 vs 14.5-15.0: its extra float16 conversions sit in the softmax).
+    //   saves a kernel boundary.  Session 8 (mode 1 against 0,
+    //   benchmarks/results/h100-session8-scores-mode{0,1}-b1.json and -mode{0,1}.json): 0.77x-1.06x the time (Dream-7B q=64 T=512 18.0 -> 15.0 us); unsplit (LLaDA q=128
+    //   T=512) 1.03x-1.08x, larger scores 0.92x-1.39x.  Mode 2 there (session 9, every mode forced in one call,
+    //   h100-session9-scores-modes-final.json) beats mode 1 behind the mma.sync main pass (LLaDA-8B q=32
+    //   T=1024 17.8 vs 18.8 us) and loses behind wgmma (Dream-7B q=64 T=512 17.4 vs 14.8: its extra float16
+    //   conversions sit in the consumers' softmax).
     // - DRAM-bound calls, where the recomputing pass reads K a second time (2 D bytes per key and kv head)
     //   and mode 2 writes and reads back 2 group n bytes per key and kv head, a written byte costing ~1.4
     //   read ones: mode 2 where 2.4 group n <= D (LLaDA-8B q=32: 0.89x-0.91x the time at batch 16; q=64,

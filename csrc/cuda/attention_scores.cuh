@@ -11,11 +11,10 @@
 //   - probability items: 32 (float32) or 64 (float16) keys of one (batch, query row) per warp, its lanes 4
 //     head groups x 8 columns of 4 or 8 keys (one 16-byte load per head: a head group's loads of one head are
 //     128 contiguous bytes; 8-byte float16 loads over 32 keys made the pass 40% of DRAM bandwidth at LLaDA-8B
-//     batch 16, ncu).  Each lane sums the
-//     probabilities over its group's heads and the groups add up by shuffles.  The row's per-head lse (or
-//     factor exp2(m - lse)) comes from a per-warp table that the warp fills itself (lanes over heads: the
-//     split partials' log2-sum-exp merge), after it has issued its first heads' loads, so the latencies
-//     overlap.
+//     batch 16, ncu).  Each lane sums the probabilities over its group's heads and the groups add up by
+//     shuffles.  The row's per-head lse (or factor exp2(m - lse)) comes from a per-warp table that the warp
+//     fills itself (lanes over heads: the split partials' log2-sum-exp merge), after it has issued its first
+//     heads' loads, so the latencies overlap.
 // Run by a kernel of its own after the main pass (partial_attention_scores.cu).  Running it inside the
 // main pass after a grid-wide barrier (cooperative launch) was measured slower (docs/kernels.md).
 #pragma once
@@ -81,7 +80,8 @@ __device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int 
   const int hg = lane / kScoreColumnGroups, c = chunk * WK + (lane % kScoreColumnGroups) * KL;
   // Head h of this lane's group: stored values of (b, h, row) at keys c .. c + KL - 1 (scores_ld is a multiple
   // of 128: in bounds and 16-byte aligned even past T; those keys are not stored below).
-  const Elem* sbase = static_cast<const Elem*>(p.scores) + (static_cast<int64_t>(b) * p.H * p.n + row) * p.scores_ld + c;
+  const Elem* sbase =
+      static_cast<const Elem*>(p.scores) + (static_cast<int64_t>(b) * p.H * p.n + row) * p.scores_ld + c;
   const int64_t head_stride = static_cast<int64_t>(p.n) * p.scores_ld;
   auto load = [&](int h) { return *reinterpret_cast<const uint4*>(sbase + h * head_stride); };
 

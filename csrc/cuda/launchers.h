@@ -57,11 +57,12 @@ struct AttentionParams {
   float* lse;             // (B, H, n) log2-sum-exp of the scaled scores; needed when probs != null
   float* part_o;          // (splits, B, H, n, D) partial accumulators when splits > 1
   float* part_ml;         // (splits, B, H, n, 2) partial (max, sum) when splits > 1
-  void* scores;           // plan.probs_scores: (B, H, n, scores_ld) float16 exponentials exp2(s - m) that the main
-                          // pass writes: s the scaled log2-domain score (-inf where masked, so 0), m its row's
-                          // running max after the key's 64-key chunk (score_max); scores_ld = T rounded up to
-                          // 128; else null
-  float* score_max;       // (B, H, n, scores_ld / 64) float32: m per 64-key chunk (-inf: no attendable key yet)
+  void* scores;           // plan.probs_scores, (B, H, n, scores_ld) written by the main pass, else null; scores_ld =
+                          // T rounded up to 128.  Mode 1: float32 scaled log2-domain scores s (-inf where masked);
+                          // mode 2: float16 exponentials exp2(s - m), m the row's running max after the key's
+                          // 64-key chunk (score_max)
+  float* score_max;       // mode 2: (B, H, n, scores_ld / 64) float32 m per 64-key chunk (-inf: no attendable key
+                          // yet); else null
   int64_t scores_ld;
   int64_t q_s[3], k_s[3], v_s[3], mask_s0;
   int B, n, H, Hkv, T, D;

@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
           s[mt][j][e] = (valid[e & 1] >> (4 * j)) & 1u ? s[mt][j][e] * scale_log2 : -INFINITY;
           mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
         }
-      if constexpr (SCORES == 1)
+      if constexpr (SCORES == 1)  // 64-key tiles never pass the padded row (scores_ld, a multiple of 128)
         store_scores<8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0, static_cast<int>(p.scores_ld),
                         lane, [&](int j, int e) { return s[mt][j][e]; });
       float m_use[2];
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
           s[mt][j][e] = fast_exp2(s[mt][j][e] - m_use[e >> 1]);
           l_run[mt][e >> 1] += s[mt][j][e];
         }
-      if constexpr (SCORES == 2)  // 64-key tiles never pass the padded row (scores_ld, a multiple of 128)
+      if constexpr (SCORES == 2)  // after the exponentials, with the max they used
         store_exps<8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0, static_cast<int>(p.scores_ld),
                       lane, m_run[mt], [&](int j, int e) { return s[mt][j][e]; });
     }

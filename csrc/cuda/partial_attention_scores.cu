@@ -25,7 +25,8 @@ cudaError_t launch_scores_typed(const AttentionParams& p, const AttentionPlan& p
       (plan.probs_scores == 2 && p.score_max == nullptr) || p.scores_ld < p.T)
     return cudaErrorInvalidValue;
   const bool half = plan.probs_scores == 2;
-  const int64_t items = scores_combine_items<D>(p, plan.splits) + (half ? scores_probs_items<true>(p) : scores_probs_items<false>(p));
+  const int64_t items = scores_combine_items<D>(p, plan.splits) +
+                        (half ? scores_probs_items<true>(p) : scores_probs_items<false>(p));
   const int64_t blocks = (items + kScoreWarps - 1) / kScoreWarps;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
   auto kernel = half ? attn_scores_kernel<T, D, true> : attn_scores_kernel<T, D, false>;
