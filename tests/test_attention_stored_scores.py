@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dllm_core.ops.partial_attention import partial_attention_reference
-from op_kernels import HAS_CUDA, check_attention, check_eager_and_graph
-from test_attention_variants import SHAPES, _clean_env, _inputs, _plan, _run_and_check, _wgmma_device  # noqa: F401
+from op_kernels import HAS_CUDA, check_eager_and_graph
+from test_attention_variants import (SHAPES, _check_fully_masked_row, _clean_env, _inputs, _plan,  # noqa: F401
+                                     _run_and_check, _wgmma_device)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
 
@@ -56,13 +56,7 @@ def test_stored_scores_fully_masked_row(monkeypatch, shape, mma, splits):
     monkeypatch.setenv("DLLM_CORE_ATTN_MMA", mma)
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
     for dtype in (torch.bfloat16, torch.float16):
-        q, k, v, mask, scale = _inputs(shape, dtype)
-        mask[1] = False
-        out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
-        ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
-        assert out[1].isnan().all() and probs[1].isnan().all()
-        keep = [0] + list(range(2, shape[0]))
-        check_attention((out[keep], probs[keep]), (ref_out[keep], ref_probs[keep]), dtype, True)
+        _check_fully_masked_row(shape, dtype)
 
 
 @pytest.mark.parametrize("pdl", ["1", "0"], ids=lambda v: f"pdl={v}")

@@ -145,12 +145,19 @@ def test_fully_masked_row_every_variant(monkeypatch, rows, splits, stages, probs
     monkeypatch.setenv("DLLM_CORE_ATTN_ROWS", rows)
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
     monkeypatch.setenv("DLLM_CORE_ATTN_STAGES", stages)
-    q, k, v, mask, scale = _inputs((2, 40, 8, 4, 128, 300), torch.bfloat16)
+    _check_fully_masked_row((2, 40, 8, 4, 128, 300), torch.bfloat16)
+
+
+def _check_fully_masked_row(shape, dtype) -> None:
+    """Batch row 1 with every key masked ends NaN (output and probabilities); the other rows match the
+    reference."""
+    q, k, v, mask, scale = _inputs(shape, dtype)
     mask[1] = False
     out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
     ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
     assert out[1].isnan().all() and probs[1].isnan().all()
-    check_attention((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), torch.bfloat16, True)
+    keep = [0] + list(range(2, shape[0]))
+    check_attention((out[keep], probs[keep]), (ref_out[keep], ref_probs[keep]), dtype, True)
 
 
 def _plan(capfd, monkeypatch, shape, return_probs) -> dict[str, int]:
@@ -294,12 +301,7 @@ def test_wgmma_fully_masked_row(capfd, monkeypatch, shape, splits):
     monkeypatch.setenv("DLLM_CORE_ATTN_SPLITS", splits)
     _force_wgmma(capfd, monkeypatch, shape)
     for dtype in (torch.bfloat16, torch.float16):
-        q, k, v, mask, scale = _inputs(shape, dtype)
-        mask[1] = False
-        out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
-        ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
-        assert out[1].isnan().all() and probs[1].isnan().all()
-        check_attention((out[:1], probs[:1]), (ref_out[:1], ref_probs[:1]), dtype, True)
+        _check_fully_masked_row(shape, dtype)
 
 
 # Persistent grid: DLLM_CORE_ATTN_WGMMA_GRID caps it, so each block runs many work units in a row (the
@@ -321,13 +323,7 @@ def test_wgmma_persistent_units(capfd, monkeypatch, shape, splits, grid):
     for i, dtype in enumerate((torch.bfloat16, torch.float16)):
         for return_probs in (False, True):
             _run_and_check(shape, dtype, return_probs, strided_q=(i == 1))
-    q, k, v, mask, scale = _inputs(shape, torch.bfloat16)
-    mask[1] = False
-    out, probs = torch.ops.dllm_core.partial_attention(q, k, v, mask, scale, True)
-    ref_out, ref_probs = partial_attention_reference(q, k, v, mask, scale, True)
-    assert out[1].isnan().all() and probs[1].isnan().all()
-    keep = [0] + list(range(2, shape[0]))
-    check_attention((out[keep], probs[keep]), (ref_out[keep], ref_probs[keep]), torch.bfloat16, True)
+    _check_fully_masked_row(shape, torch.bfloat16)
 
 
 def test_wgmma_plan_override(capfd, monkeypatch):
