@@ -149,66 +149,51 @@ __device__ __forceinline__ void qk_tile_smem(float (&s)[MT][8][4], const T* sQ, 
   }
 }
 
-// Stored-scores mode 1 (plan.probs_scores == 1): writes this thread's part of a 16-row slab's
-// scaled, masked (-inf) log2-domain scores, in the m16n8k16 accumulator layout that both main passes use:
-// at(j, e) is column 8 j + 2 (lane % 4) + e % 2 of key block j (NB blocks from key t0) in packed row
-// m + 8 (e / 2) (packed row -> query row m / group, head h0 + m % group; rows past M are not stored).
-// Keys at or past key_end are not stored (a wgmma tile may run into the next split).
-template <int NB, typename At>
+// Stored-scores modes (plan.probs_scores): writes this thread's part of a 16-row slab, in the m16n8k16
+// accumulator layout that both main passes use: at(j, e) is column 8 j + 2 (lane % 4) + e % 2 of key block j
+// (NB blocks from key t0, a multiple of 64) in packed row m + 8 (e / 2) (packed row -> query row m / group,
+// head h0 + m % group; rows past M are not stored).  Keys at or past key_end are not stored (a wgmma tile may
+// run into the next split).
+// - HALF = false (mode 1): at() is the scaled, masked (-inf) log2-domain score, stored as float32.
+// - HALF = true (mode 2): at() is the exponential exp2(s - m) the main pass just computed, in [0, 1], stored as
+//   float16 (relative rounding 2^-11); one lane of each row's quad also writes that row's running max m
+//   (m_run[e / 2]) into every 64-key chunk of the tile that starts before key_end.  Half the bytes of mode 1,
+//   for calls where the stores and their reads are what the pass costs.
+template <bool HALF, int NB, typename At>
 __device__ __forceinline__ void store_scores(const AttentionParams& p, int b, int h0, int group, int m, int M, int t0,
-                                             int key_end, int lane, At at) {
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int mr = m + 8 * r;
-    if (mr >= M) continue;
-    const int c = t0 + 2 * (lane & 3);
-    float* dst = static_cast<float*>(p.scores) +
-                 ((static_cast<int64_t>(b) * p.H + h0 + mr % group) * p.n + mr / group) * p.scores_ld + c;
-    if (t0 + 8 * NB <= key_end) {
-#pragma unroll
-      for (int j = 0; j < NB; ++j) *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(at(j, 2 * r), at(j, 2 * r + 1));
-    } else {
-#pragma unroll
-      for (int j = 0; j < NB; ++j) {
-        if (c + 8 * j < key_end) dst[8 * j] = at(j, 2 * r);
-        if (c + 8 * j + 1 < key_end) dst[8 * j + 1] = at(j, 2 * r + 1);
-      }
-    }
-  }
-}
-
-// Stored-scores mode 2 (plan.probs_scores == 2): writes this thread's part of a 16-row slab's exponentials
-// exp2(s - m) as float16 (the float32 ones the main pass just computed, in [0, 1]: relative rounding 2^-11)
-// and, from one lane of each row's quad, the running max m they used into every 64-key chunk of the tile:
-// half the bytes of mode 1, for calls where the stores and their reads are what the pass costs.  Layout and
-// key_end as store_scores (t0 a multiple of 64); row m + 8 (e / 2)'s max is m_run[e / 2], and no chunk
-// starting at or past key_end is written.
-template <int NB, typename At>
-__device__ __forceinline__ void store_exps(const AttentionParams& p, int b, int h0, int group, int m, int M, int t0,
-                                           int key_end, int lane, const float (&m_run)[2], At at) {
+                                             int key_end, int lane, const float (&m_run)[2], At at) {
+  using Elem = std::conditional_t<HALF, __half, float>;
+  using Pair = std::conditional_t<HALF, __half2, float2>;
+  auto pair = [](float x, float y) {
+    if constexpr (HALF) return __floats2half2_rn(x, y); else return make_float2(x, y);
+  };
+  auto one = [](float x) {
+    if constexpr (HALF) return __float2half_rn(x); else return x;
+  };
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int mr = m + 8 * r;
     if (mr >= M) continue;
     const int c = t0 + 2 * (lane & 3);
     const int64_t bhr = (static_cast<int64_t>(b) * p.H + h0 + mr % group) * p.n + mr / group;
-    __half* dst = static_cast<__half*>(p.scores) + bhr * p.scores_ld + c;
+    Elem* dst = static_cast<Elem*>(p.scores) + bhr * p.scores_ld + c;
     if (t0 + 8 * NB <= key_end) {
 #pragma unroll
-      for (int j = 0; j < NB; ++j)
-        *reinterpret_cast<__half2*>(dst + 8 * j) = __floats2half2_rn(at(j, 2 * r), at(j, 2 * r + 1));
+      for (int j = 0; j < NB; ++j) *reinterpret_cast<Pair*>(dst + 8 * j) = pair(at(j, 2 * r), at(j, 2 * r + 1));
     } else {
 #pragma unroll
       for (int j = 0; j < NB; ++j) {
-        if (c + 8 * j < key_end) dst[8 * j] = __float2half_rn(at(j, 2 * r));
-        if (c + 8 * j + 1 < key_end) dst[8 * j + 1] = __float2half_rn(at(j, 2 * r + 1));
+        if (c + 8 * j < key_end) dst[8 * j] = one(at(j, 2 * r));
+        if (c + 8 * j + 1 < key_end) dst[8 * j + 1] = one(at(j, 2 * r + 1));
       }
     }
-    if ((lane & 3) == 0) {
-      float* mx = p.score_max + bhr * (p.scores_ld / kBlockN) + t0 / kBlockN;
+    if constexpr (HALF) {
+      if ((lane & 3) == 0) {
+        float* mx = p.score_max + bhr * (p.scores_ld / kBlockN) + t0 / kBlockN;
 #pragma unroll
-      for (int k = 0; k < NB / 8; ++k)
-        if (t0 + kBlockN * k < key_end) mx[k] = m_run[r];
+        for (int k = 0; k < NB / 8; ++k)
+          if (t0 + kBlockN * k < key_end) mx[k] = m_run[r];
+      }
     }
   }
 }

@@ -141,8 +141,9 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
           mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][j][e]);
         }
       if constexpr (SCORES == 1)  // 64-key tiles never pass the padded row (scores_ld, a multiple of 128)
-        store_scores<8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0, static_cast<int>(p.scores_ld),
-                        lane, [&](int j, int e) { return s[mt][j][e]; });
+        store_scores<false, 8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0,
+                               static_cast<int>(p.scores_ld), lane, m_run[mt],
+                               [&](int j, int e) { return s[mt][j][e]; });
       float m_use[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -167,8 +168,9 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
           l_run[mt][e >> 1] += s[mt][j][e];
         }
       if constexpr (SCORES == 2)  // after the exponentials, with the max they used
-        store_exps<8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0, static_cast<int>(p.scores_ld),
-                      lane, m_run[mt], [&](int j, int e) { return s[mt][j][e]; });
+        store_scores<true, 8>(p, b, g * group, group, m0 + row0 + 16 * mt + (lane >> 2), M, t0,
+                              static_cast<int>(p.scores_ld), lane, m_run[mt],
+                              [&](int j, int e) { return s[mt][j][e]; });
     }
 
     // O += P V: the S accumulators of key blocks 2kk, 2kk+1 are exactly the A fragment of k step

@@ -231,8 +231,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
         return [&, i](const float (&x)[64], const float (&mr)[2]) {
           const int m = un.m0 + cw * 64 + warp * 16 + (lane >> 2), t0 = un.key_begin + i * kWgKeys;
           auto at = [&](int j, int e) { return x[4 * j + e]; };
-          if constexpr (SCORES == 1) store_scores<16>(p, un.b, un.g * group, group, m, M, t0, un.key_end, lane, at);
-          if constexpr (SCORES == 2) store_exps<16>(p, un.b, un.g * group, group, m, M, t0, un.key_end, lane, mr, at);
+          if constexpr (SCORES != 0)
+            store_scores<SCORES == 2, 16>(p, un.b, un.g * group, group, m, M, t0, un.key_end, lane, mr, at);
         };
       };
       const int count = un.count;
