@@ -125,7 +125,12 @@ __device__ __forceinline__ void scores_probs_item(const AttentionParams& p, int 
   }
 #pragma unroll 8
   for (int h = hg + kScoreHeadGroups * kScorePreload; h < p.H; h += kScoreHeadGroups) add(load(h), h);
-  __syncwarp();  // the table is rewritten by the warp's next item
+  __syncwarp();  // the table is rewritten by the warp's next item; every lane's loads have returned
+  if ((p.l2_hints & 2) != 0 && lane % kScoreColumnGroups == 0) {
+    // The group's 8 lanes read one 128-byte line per head (128-byte aligned: scores_ld is a multiple of 128
+    // keys, the buffer 512-byte aligned), read by no one else: drop it instead of writing dead scratch back.
+    for (int h = hg; h < p.H; h += kScoreHeadGroups) discard_l2_line(sbase + h * head_stride);
+  }
   // Sum the head groups (lanes l, l + 8, l + 16, l + 24 share their keys).
 #pragma unroll
   for (int k = 0; k < KL; ++k) {

@@ -25,8 +25,12 @@ __device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7))
 // of every RSTEP-th row, so the loop unrolls to cp.asyncs whose source advances by one stride and
 // whose destination is one of P precomputed bases plus an immediate (the row's swizzle repeats
 // every 8 rows: P = 1 for RSTEP a multiple of 8, else 8 / RSTEP) instead of per-copy index math.
-template <int D, int ROWS, int THREADS, typename T>
-__device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int rows_valid) {
+// HINT: the copies carry L2 cache policy `policy` (l2_policy).
+template <int D, int ROWS, int THREADS, bool HINT = false, typename T>
+__device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, int rows_valid, uint64_t policy = 0) {
+  auto copy = [policy](uint32_t dst, const void* src, bool ok) {
+    if constexpr (HINT) cp_async16(dst, src, ok, policy); else cp_async16(dst, src, ok);
+  };
   constexpr int C = D / 8, RSTEP = THREADS / C, P = RSTEP % 8 == 0 ? 1 : 8 / RSTEP;
   static_assert(THREADS % C == 0 && ROWS % RSTEP == 0 && (RSTEP % 8 == 0 || 8 % RSTEP == 0), "copy split");
   const int c = threadIdx.x % C, r0 = threadIdx.x / C;
@@ -37,12 +41,12 @@ __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t row_stride, 
   if (rows_valid >= ROWS) {  // full tile (all but the last): no per-row predicate or pointer select
 #pragma unroll
     for (int k = 0; k < ROWS / RSTEP; ++k, src += RSTEP * row_stride)
-      cp_async16(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), src, true);
+      copy(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), src, true);
   } else {
 #pragma unroll
     for (int k = 0; k < ROWS / RSTEP; ++k, src += RSTEP * row_stride) {
       const bool ok = r0 + k * RSTEP < rows_valid;
-      cp_async16(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), ok ? src : g, ok);
+      copy(dst[k % P] + k * RSTEP * D * static_cast<int>(sizeof(T)), ok ? src : g, ok);
     }
   }
 }

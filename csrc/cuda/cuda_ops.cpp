@@ -169,6 +169,7 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   p.scale = static_cast<float>(scale);
   p.dtype = dtype;
   p.zero_probs = return_probs && plan.probs_scores == 0 && plan.head_slices > 1 ? 1 : 0;
+  p.l2_hints = plan.l2_hints;
   check_launch(dc::launch_partial_attention(p, plan, c10::cuda::getCurrentCUDAStream().stream()), op);
   return {out, probs};
 }

@@ -46,6 +46,8 @@ struct AttentionPlan {
   int probs_scores;     // 1 / 2: the main pass stores its float32 scores / float16 exponentials and one
                         // streaming pass merges the splits and sums the probabilities from them
                         // (attention_scores.cuh) instead of the combine + recomputing probability pass (0)
+  int l2_hints;         // bits: 1 = the main pass copies K/V evict-first (read once); 2 = the stored-scores pass
+                        // discards the scratch lines it has read (no write-back of dead data)
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous
@@ -69,6 +71,7 @@ struct AttentionParams {
   float scale;
   DType dtype;
   int zero_probs;         // 1: the main pass zeroes probs (the probability pass adds head slices with atomics)
+  int l2_hints;           // plan.l2_hints
 };
 bool attention_supported(DType dtype, int head_dim);  // bf16/fp16 with D in {64, 128}
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool probs, int device);

@@ -61,14 +61,18 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
   const T* vbase = static_cast<const T*>(p.v) + b * p.v_s[0] + g * p.v_s[2];
   const bool* mask = p.mask + b * p.mask_s0;
   const float scale_log2 = p.scale * kLog2e;
+  // K/V tiles' place in the L2's eviction order (plan.l2_hints bit 0): evict-first where this block is their
+  // only reader, except K when the recomputing probability pass reads it again.
+  const uint64_t k_policy = l2_policy((p.l2_hints & 1) != 0 && !(SCORES == 0 && p.probs != nullptr));
+  const uint64_t v_policy = l2_policy((p.l2_hints & 1) != 0);
   pdl_launch_dependents();  // the combine / probability kernel may take free SM slots now (pdl.cuh)
   const int64_t blocks_xy = static_cast<int64_t>(gridDim.x) * gridDim.y;
   zero_probs_share(p, blockIdx.x + gridDim.x * blockIdx.y + blocks_xy * blockIdx.z, blocks_xy * gridDim.z);
 
   auto load_kv = [&](int tile, int stage) {
     const int t0 = tile * kBlockN, valid = min(kBlockN, p.T - t0);
-    load_rows<D, kBlockN, kThreads>(sK + stage * kBlockN * D, kbase + t0 * p.k_s[1], p.k_s[1], valid);
-    load_rows<D, kBlockN, kThreads>(sV + stage * kBlockN * D, vbase + t0 * p.v_s[1], p.v_s[1], valid);
+    load_rows<D, kBlockN, kThreads, true>(sK + stage * kBlockN * D, kbase + t0 * p.k_s[1], p.k_s[1], valid, k_policy);
+    load_rows<D, kBlockN, kThreads, true>(sV + stage * kBlockN * D, vbase + t0 * p.v_s[1], p.v_s[1], valid, v_policy);
   };
   // Prologue: tiles 0 .. STAGES-2 of the split, one commit group each (Q rides with the first);
   // groups are committed even when empty so that "tile r landed" is always wait_group<STAGES-2>.

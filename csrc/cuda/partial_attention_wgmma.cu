@@ -150,6 +150,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
   // gt / S), qi its units with tiles (Q buffer phase qi).
   if (wg == 0) {  // ---- producer: per unit K/V tile 0, Q (once the consumers released the last one), the rest
     wg::setmaxnreg_dec<kProducerRegs>();
+    // K/V tiles' place in the L2's eviction order (plan.l2_hints bit 0), as in the mma.sync main pass.
+    const uint64_t k_policy = l2_policy((p.l2_hints & 1) != 0 && !(SCORES == 0 && p.probs != nullptr));
+    const uint64_t v_policy = l2_policy((p.l2_hints & 1) != 0);
     uint32_t gt = 0, qi = 0;
     for (int u = blockIdx.x; u < w.units; u += gridDim.x) {
       const WgUnit un = unit_at(p, w, u);
@@ -162,8 +165,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
         const T* vbase = static_cast<const T*>(p.v) + un.b * p.v_s[0] + un.g * p.v_s[2];
         const T* kt = kbase + t0 * p.k_s[1];
         const T* vt = vbase + t0 * p.v_s[1];
-        wg::load_tile<D, kWgKeys, 128>(dst, [&](int r) { return kt + r * p.k_s[1]; }, valid, kbase);
-        wg::load_tile<D, kWgKeys, 128>(dst + Cfg::kTileBytes, [&](int r) { return vt + r * p.v_s[1]; }, valid, vbase);
+        wg::load_tile<D, kWgKeys, 128, true>(dst, [&](int r) { return kt + r * p.k_s[1]; }, valid, kbase, k_policy);
+        wg::load_tile<D, kWgKeys, 128, true>(dst + Cfg::kTileBytes, [&](int r) { return vt + r * p.v_s[1]; }, valid,
+                                             vbase, v_policy);
         wg::cp_async_arrive_noinc(full(st));
         ++gt;
       };

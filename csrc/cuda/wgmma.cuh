@@ -41,20 +41,25 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint3
 // ROWS rows of D columns -> swizzled tile at shared address dst; THREADS threads, each copying one
 // chunk column of every STEP-th row (STEP a multiple of 8, so the swizzle is one offset per thread).
 // row_ptr(r) is global row r for r < rows_valid; later rows are zero-filled (`any`: a valid address).
-template <int D, int ROWS, int THREADS, typename T, typename RowPtr>
-__device__ __forceinline__ void load_tile(uint32_t dst, RowPtr row_ptr, int rows_valid, const T* any) {
+// HINT: the copies carry L2 cache policy `policy` (l2_policy).
+template <int D, int ROWS, int THREADS, bool HINT = false, typename T, typename RowPtr>
+__device__ __forceinline__ void load_tile(uint32_t dst, RowPtr row_ptr, int rows_valid, const T* any,
+                                          uint64_t policy = 0) {
+  auto copy = [policy](uint32_t d, const void* src, bool ok) {
+    if constexpr (HINT) cp_async16(d, src, ok, policy); else cp_async16(d, src, ok);
+  };
   constexpr int C = D / 8, STEP = THREADS / C;
   static_assert(THREADS % C == 0 && STEP % 8 == 0 && ROWS % STEP == 0, "copy split");
   const int c = threadIdx.x % C, r0 = threadIdx.x / C;
   const uint32_t d0 = dst + chunk_offset<ROWS>(r0, c);
   if (rows_valid >= ROWS) {  // full tile: no predicates
 #pragma unroll
-    for (int k = 0; k < ROWS / STEP; ++k) cp_async16(d0 + k * STEP * 128, row_ptr(r0 + k * STEP) + c * 8, true);
+    for (int k = 0; k < ROWS / STEP; ++k) copy(d0 + k * STEP * 128, row_ptr(r0 + k * STEP) + c * 8, true);
   } else {
 #pragma unroll
     for (int k = 0; k < ROWS / STEP; ++k) {
       const bool ok = r0 + k * STEP < rows_valid;
-      cp_async16(d0 + k * STEP * 128, ok ? row_ptr(r0 + k * STEP) + c * 8 : any, ok);
+      copy(d0 + k * STEP * 128, ok ? row_ptr(r0 + k * STEP) + c * 8 : any, ok);
     }
   }
 }
