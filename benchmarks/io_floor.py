@@ -66,7 +66,7 @@ def floor_us(read_bytes: int, write_bytes: int) -> tuple[float, list[int]]:
         grid = (triton.cdiv(max(n_src, n_dst), block * iters),)
         part = torch.empty(grid[0], dtype=torch.int32, device="cuda")
 
-        def call():
+        def call(grid=grid, part=part, block=block, iters=iters, warps=warps):
             move[grid](src, n_src, dst, n_dst, part, BLOCK=block, ITERS=iters, num_warps=warps)
 
         call()  # compile outside the graph capture
@@ -102,15 +102,15 @@ def main() -> None:
         with open(args.ops) as f:
             measured = json.load(f)["attention"]
     else:
-        measured = [dict(model=m, B=B, q=n, T=T) for m in MODELS for B in (1, 16) for T in (512, 1024, 2048, 4096)
+        measured = [{"model": m, "B": B, "q": n, "T": T} for m in MODELS for B in (1, 16) for T in (512, 1024, 2048, 4096)
                     for n in (32, 64, 128)]
     rows = []
     print("| model | B | q | T | floor | ours | flash | floor+probs | ours+probs | best/3 (target) | target >= floor |")
     print("|" + "---|" * 11)
     for m in measured:
         read, write, probs = call_bytes(m["model"], m["B"], m["q"], m["T"])
-        row = dict(model=m["model"], B=m["B"], q=m["q"], T=m["T"], read_bytes=read, write_bytes=write,
-                   probs_bytes=probs)
+        row = {"model": m["model"], "B": m["B"], "q": m["q"], "T": m["T"], "read_bytes": read,
+               "write_bytes": write, "probs_bytes": probs}
         row["floor_us"], row["floor_config"] = floor_us(read, write)
         row["floor_probs_us"], row["floor_probs_config"] = floor_us(read, write + probs)
         cols = ["-"] * 4
@@ -128,8 +128,8 @@ def main() -> None:
         print(f"\nthe 3x probability target lies below the floor with probabilities at {len(below)}/{len(rows)} shapes")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(command=" ".join(sys.argv), gpu=torch.cuda.get_device_name(), flush=args.flush,
-                           copy_GBps=copy_bw, move_1GiB_us=big, ops=args.ops, rows=rows), f, indent=1)
+            json.dump({"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(), "flush": args.flush,
+                       "copy_GBps": copy_bw, "move_1GiB_us": big, "ops": args.ops, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
