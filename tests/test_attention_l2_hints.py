@@ -1,7 +1,7 @@
 """CUDA partial_attention's L2 hints (plan.l2_hints, ``DLLM_CORE_ATTN_L2_HINTS``): evict-first K/V copies in the
-main pass and the stored-scores pass dropping the scratch lines it has read.  They change only where lines sit in
-the L2, so every result must be bit-identical with and without them.  Needs a CUDA GPU and the compiled
-extension; skips otherwise.
+main pass, evict-last score stores, and the stored-scores pass dropping the scratch lines it has read.  They
+change only where lines sit in the L2, so every result must be bit-identical with and without them.  Needs a
+CUDA GPU and the compiled extension; skips otherwise.
 """
 
 from __future__ import annotations
@@ -16,16 +16,25 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a
 
 
 def test_l2_hints_plan(capfd, monkeypatch, _clean_env):
-    """Default: both hints where one block reads each K/V tile (one row tile per (batch, kv head)) and the call
-    reads at most 8 L2s of K/V; only the discard where several row tiles share a tile (GQA) or K/V are larger;
-    DLLM_CORE_ATTN_L2_HINTS=0..3 overrides, other values are ignored."""
+    """Default: evict-first K/V (1) where one block reads each tile (one row tile per (batch, kv head)) and the
+    call reads at most 8 L2s of K/V; the scratch discard (2) always; evict-last stored scores (4) where they fit
+    in the L2.  DLLM_CORE_ATTN_L2_HINTS=0..7 overrides, other values are ignored."""
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    assert _plan(capfd, monkeypatch, (1, 32, 32, 32, 128, 512), True)["l2_hints"] == 3   # 32 rows, one tile
-    assert _plan(capfd, monkeypatch, (1, 64, 28, 4, 128, 1024), True)["l2_hints"] == 2   # 448 rows per kv head
-    assert _plan(capfd, monkeypatch, (2, 64, 4, 4, 128, 512), False)["l2_hints"] == 3
-    T = 8 * l2 // (4 * 4 * 128) + 64  # 4 kv heads, D = 128: just past 8 L2s of K/V at batch 1
-    assert _plan(capfd, monkeypatch, (1, 32, 4, 4, 128, T), False)["l2_hints"] == 2
-    for value, want in (("0", 0), ("1", 1), ("3", 3), ("7", 3)):
+    big_T = 8 * l2 // (4 * 4 * 128) + 64  # 4 kv heads, D = 128: just past 8 L2s of K/V at batch 1
+    seen = set()
+    for shape, probs in [((1, 32, 32, 32, 128, 512), True), ((1, 64, 28, 4, 128, 1024), True),
+                         ((2, 64, 4, 4, 128, 512), False), ((1, 32, 4, 4, 128, big_T), False),
+                         ((16, 32, 32, 32, 128, 2048), True), ((16, 64, 32, 32, 128, 512), True)]:
+        B, n, H, Hkv, D, T = shape
+        plan = _plan(capfd, monkeypatch, shape, probs)
+        one_tile = -(-n * (H // Hkv) // plan["rows"]) == 1
+        stored = plan["probs_scores"] if probs else 0
+        stored_bytes = (4 if stored == 1 else 2) * B * H * n * (-(-T // 128) * 128)
+        want = (1 if one_tile and 4 * B * T * Hkv * D <= 8 * l2 else 0) | 2 | (4 if stored and stored_bytes <= l2 else 0)
+        assert plan["l2_hints"] == want, (shape, plan)
+        seen.add(want)
+    assert {2, 3, 6, 7} <= seen  # the shapes reach each bit both ways
+    for value, want in (("0", 0), ("1", 1), ("4", 4), ("7", 7), ("9", 7)):
         monkeypatch.setenv("DLLM_CORE_ATTN_L2_HINTS", value)
         assert _plan(capfd, monkeypatch, (1, 32, 32, 32, 128, 512), True)["l2_hints"] == want
 
@@ -35,7 +44,7 @@ def test_l2_hints_plan(capfd, monkeypatch, _clean_env):
 @pytest.mark.parametrize("splits", ["1", "3"])
 @pytest.mark.parametrize("shape", [(2, 32, 4, 4, 128, 515), (1, 40, 8, 2, 64, 1030), (3, 7, 4, 4, 128, 77)], ids=str)
 def test_l2_hints_bit_identical(monkeypatch, _clean_env, shape, splits, scores, mma):
-    """Outputs and probabilities with every hint (3) equal those without (0) bit for bit, in every stored-scores
+    """Outputs and probabilities with every hint (7) equal those without (0) bit for bit, in every stored-scores
     mode, split or not, on both main passes; and again on a second call, whose scratch buffers the allocator
     hands back after the first call's pass dropped their lines."""
     if mma == "wgmma" and not _wgmma_device():
@@ -55,7 +64,7 @@ def test_l2_hints_bit_identical(monkeypatch, _clean_env, shape, splits, scores, 
     for probs in (False, True):
         want = call("0", probs)
         for _ in range(2):
-            got = call("3", probs)
+            got = call("7", probs)
             assert torch.equal(got[0].nan_to_num(), want[0].nan_to_num()), probs
             if probs:
                 assert torch.equal(got[1].isnan(), want[1].isnan())

@@ -192,19 +192,27 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool pr
     plan.probs_scores = env_int("DLLM_CORE_ATTN_PROBS_SCORES", auto_scores, [](int v) { return v >= 0 && v <= 2; });
     if (H > kScoreMaxHeads) plan.probs_scores = 0;
   }
-  // L2 hints (bits; DLLM_CORE_ATTN_L2_HINTS=0..3 overrides).  1: the main pass copies K/V evict-first, so that
+  // L2 hints (bits; DLLM_CORE_ATTN_L2_HINTS=0..7 overrides).  1: the main pass copies K/V evict-first, so that
   // streaming them pushes neither the stored scores nor other data out of the L2, where one block reads each
   // tile (one row tile per (batch, kv head); GQA's several row tiles may find it in L2) and the call reads at
   // most 8 L2s of K/V.  2: the stored-scores pass drops each scratch line it has read from the L2 without
-  // writing it back.  Every hint forced on and off over the 48 ops_bench shapes on the H100 (2026-11-23,
-  // benchmarks/results/h100-session10-l2-hints-{write,read}-flush.json): bit 1 took 0.90x-0.96x the time at
-  // LLaDA-8B batch 1, T >= 2048 (write flush) and at batch 16 q=32 T=512 with probabilities (its float16
-  // exponentials stay in L2 for the pass that reads them: 0.94x, 0.90x under the read flush), but 1.02x-1.06x
-  // at LLaDA-8B batch 16 T >= 2048 (537 MB of K/V and more); bit 2 0.92x-0.97x for Dream-7B's stored float32
-  // scores under the read flush, within noise elsewhere.
+  // writing it back.  4: the main pass stores the scores evict-last where they fit in the L2, so they are
+  // still there when the streaming pass reads them (and bit 2 then drops them).  Measured on the H100
+  // (2026-11-23, every hint forced on and off over the 48 ops_bench shapes, both L2 flushes,
+  // benchmarks/results/h100-session10-l2-hints-*.json):
+  // - bit 1: 0.90x-0.96x the time at LLaDA-8B batch 1, T >= 2048, and at batch 16 q=32 T=512 with probabilities
+  //   (0.90x under the read flush); 1.02x-1.06x at LLaDA-8B batch 16 T >= 2048 (537 MB of K/V and more);
+  // - bit 2: 0.92x-0.97x for Dream-7B's stored float32 scores at batch 1 (read flush), within noise elsewhere;
+  // - bit 4 on top (h100-session10-evict-last.json, two repeats): LLaDA-8B batch 16 q=32 T=512 / 1024 72.8 ->
+  //   70.2 us / 132.6 -> 127.6 us, batch 1 q=32 T=4096 42.0 -> 39.7 us; 67 MB of exponentials (T=2048),
+  //   more than the L2, within noise.
   const double kv_bytes = 4.0 * B * T * Hkv * D;  // K and V, 16-bit
   const bool kv_hint = ceil_div(M, plan.rows) == 1 && kv_bytes <= 8.0 * static_cast<double>(l2_bytes(device));
-  plan.l2_hints = env_int("DLLM_CORE_ATTN_L2_HINTS", (kv_hint ? 1 : 0) | 2, [](int v) { return v >= 0 && v <= 3; });
+  const int stored = probs ? plan.probs_scores : 0;
+  const double stored_bytes = (stored == 1 ? 4.0 : 2.0) * B * H * n * (ceil_div(T, 128) * 128.0);
+  const bool keep_scores = stored != 0 && stored_bytes <= static_cast<double>(l2_bytes(device));
+  plan.l2_hints = env_int("DLLM_CORE_ATTN_L2_HINTS", (kv_hint ? 1 : 0) | 2 | (keep_scores ? 4 : 0),
+                          [](int v) { return v >= 0 && v <= 7; });
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
                  "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "

@@ -163,6 +163,8 @@ __device__ __forceinline__ void qk_tile_smem(float (&s)[MT][8][4], const T* sQ, 
 //   float16 (relative rounding 2^-11); one lane of each row's quad also writes that row's running max m
 //   (m_run[e / 2]) into every 64-key chunk of the tile that starts before key_end.  Half the bytes of mode 1,
 //   for calls where the stores and their reads are what the pass costs.
+// Whole tiles' stores carry an evict-last L2 policy where the plan expects the values to stay in L2 until the
+// streaming pass reads them (plan.l2_hints bit 4), else normal priority (as the tail's plain stores).
 template <bool HALF, int NB, typename At>
 __device__ __forceinline__ void store_scores(const AttentionParams& p, int b, int h0, int group, int m, int M, int t0,
                                              int key_end, int lane, const float (&m_run)[2], At at) {
@@ -182,8 +184,9 @@ __device__ __forceinline__ void store_scores(const AttentionParams& p, int b, in
     const int64_t bhr = (static_cast<int64_t>(b) * p.H + h0 + mr % group) * p.n + mr / group;
     Elem* dst = static_cast<Elem*>(p.scores) + bhr * p.scores_ld + c;
     if (t0 + 8 * NB <= key_end) {
+      const uint64_t policy = l2_policy(false, (p.l2_hints & 4) != 0);  // evict-last: plan.l2_hints bit 4
 #pragma unroll
-      for (int j = 0; j < NB; ++j) *reinterpret_cast<Pair*>(dst + 8 * j) = pair(at(j, 2 * r), at(j, 2 * r + 1));
+      for (int j = 0; j < NB; ++j) store_with_policy(dst + 8 * j, pair(at(j, 2 * r), at(j, 2 * r + 1)), policy);
     } else {
 #pragma unroll
       for (int j = 0; j < NB; ++j) {

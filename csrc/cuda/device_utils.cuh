@@ -63,12 +63,24 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool s
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
                "r"(src_ok ? 16 : 0), "l"(policy));
 }
-// L2 policy for cp.async: evict-first (data read once: it should not push out lines others will use) or normal.
-__device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
-  uint64_t first, normal;
+// L2 cache policies (createpolicy over the whole access): where the lines an access brings in go in the L2's
+// eviction order.  Evict-first for data read once, which should not push out lines others will use; evict-last
+// for scratch a later kernel reads soon; else normal.
+__device__ __forceinline__ uint64_t l2_policy(bool evict_first, bool evict_last = false) {
+  uint64_t first, last, normal;
   asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(first));
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(last));
   asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(normal));
-  return evict_first ? first : normal;
+  return evict_first ? first : evict_last ? last : normal;
+}
+// 4- and 8-byte global stores with an L2 cache policy.
+__device__ __forceinline__ void store_with_policy(void* p, __half2 v, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.b32 [%0], %1, %2;\n" ::"l"(p), "r"(*reinterpret_cast<uint32_t*>(&v)),
+               "l"(policy) : "memory");
+}
+__device__ __forceinline__ void store_with_policy(void* p, float2 v, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;\n" ::"l"(p), "f"(v.x), "f"(v.y), "l"(policy)
+               : "memory");
 }
 // Drops the 128-byte L2 line at p (128-byte aligned) without writing it back: for scratch nobody reads again.
 __device__ __forceinline__ void discard_l2_line(const void* p) {

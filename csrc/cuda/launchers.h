@@ -47,7 +47,8 @@ struct AttentionPlan {
                         // streaming pass merges the splits and sums the probabilities from them
                         // (attention_scores.cuh) instead of the combine + recomputing probability pass (0)
   int l2_hints;         // bits: 1 = the main pass copies K/V evict-first (read once); 2 = the stored-scores pass
-                        // discards the scratch lines it has read (no write-back of dead data)
+                        // discards the scratch lines it has read (no write-back of dead data); 4 = the main pass
+                        // stores the scores evict-last (kept in L2 for the streaming pass)
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous
