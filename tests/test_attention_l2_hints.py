@@ -30,7 +30,8 @@ def test_l2_hints_plan(capfd, monkeypatch, _clean_env):
         one_tile = -(-n * (H // Hkv) // plan["rows"]) == 1
         stored = plan["probs_scores"] if probs else 0
         stored_bytes = (4 if stored == 1 else 2) * B * H * n * (-(-T // 128) * 128)
-        want = (1 if one_tile and 4 * B * T * Hkv * D <= 8 * l2 else 0) | 2 | (4 if stored and stored_bytes <= l2 else 0)
+        kv_first = one_tile and 4 * B * T * Hkv * D <= 8 * l2
+        want = (1 if kv_first else 0) | 2 | (4 if stored and stored_bytes <= l2 else 0)
         assert plan["l2_hints"] == want, (shape, plan)
         seen.add(want)
     assert {2, 3, 6, 7} <= seen  # the shapes reach each bit both ways

@@ -216,8 +216,8 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool pr
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
                  "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "
-                 "pdl=%d probs_key_halves=%d probs_scores=%d l2_hints=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages, plan.splits,
-                 plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks,
+                 "pdl=%d probs_key_halves=%d probs_scores=%d l2_hints=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages,
+                 plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks,
                  plan.head_slices, plan.mma, plan.pdl, plan.probs_key_halves, plan.probs_scores,
                  plan.l2_hints);
   return plan;

@@ -75,6 +75,13 @@ __device__ __forceinline__ uint32_t ldsm_offset(int r, int hi, int lane) {
   return static_cast<uint32_t>(r * D * 2 + ((hi ^ (lane & 7)) << 4));
 }
 
+// L2 policy of a main pass's K (is_k) or V copies (plan.l2_hints & 1): evict-first where the block is their only
+// reader, except K when the recomputing probability pass (SCORES == 0 with probabilities) reads it again.
+template <int SCORES>
+__device__ __forceinline__ uint64_t kv_l2_policy(const AttentionParams& p, bool is_k) {
+  return l2_policy((p.l2_hints & 1) != 0 && !(is_k && SCORES == 0 && p.probs != nullptr));
+}
+
 // A fragment of 16 rows starting at row0 (a multiple of 16) of a swizzled tile, k step kk (16 columns).
 template <int D, typename T>
 __device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const T* s, int row0, int kk, int lane) {

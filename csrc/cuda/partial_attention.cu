@@ -61,10 +61,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p
   const T* vbase = static_cast<const T*>(p.v) + b * p.v_s[0] + g * p.v_s[2];
   const bool* mask = p.mask + b * p.mask_s0;
   const float scale_log2 = p.scale * kLog2e;
-  // K/V tiles' place in the L2's eviction order (plan.l2_hints bit 0): evict-first where this block is their
-  // only reader, except K when the recomputing probability pass reads it again.
-  const uint64_t k_policy = l2_policy((p.l2_hints & 1) != 0 && !(SCORES == 0 && p.probs != nullptr));
-  const uint64_t v_policy = l2_policy((p.l2_hints & 1) != 0);
+  const uint64_t k_policy = kv_l2_policy<SCORES>(p, true), v_policy = kv_l2_policy<SCORES>(p, false);
   pdl_launch_dependents();  // the combine / probability kernel may take free SM slots now (pdl.cuh)
   const int64_t blocks_xy = static_cast<int64_t>(gridDim.x) * gridDim.y;
   zero_probs_share(p, blockIdx.x + gridDim.x * blockIdx.y + blocks_xy * blockIdx.z, blocks_xy * gridDim.z);

@@ -150,9 +150,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
   // gt / S), qi its units with tiles (Q buffer phase qi).
   if (wg == 0) {  // ---- producer: per unit K/V tile 0, Q (once the consumers released the last one), the rest
     wg::setmaxnreg_dec<kProducerRegs>();
-    // K/V tiles' place in the L2's eviction order (plan.l2_hints bit 0), as in the mma.sync main pass.
-    const uint64_t k_policy = l2_policy((p.l2_hints & 1) != 0 && !(SCORES == 0 && p.probs != nullptr));
-    const uint64_t v_policy = l2_policy((p.l2_hints & 1) != 0);
+    const uint64_t k_policy = kv_l2_policy<SCORES>(p, true), v_policy = kv_l2_policy<SCORES>(p, false);
     uint32_t gt = 0, qi = 0;
     for (int u = blockIdx.x; u < w.units; u += gridDim.x) {
       const WgUnit un = unit_at(p, w, u);
