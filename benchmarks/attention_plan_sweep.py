@@ -56,6 +56,25 @@ def sweep_shape(model: str, B: int, n: int, T: int, settings: list[dict[str, str
     return rows
 
 
+def print_table(path: str) -> None:
+    """One line per (model, q, T, probabilities) of a saved sweep, one column per setting (us; * where the plan
+    ran the cluster kernel): the sweep's rows side by side, no GPU needed."""
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    table: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        env = r["setting"]  # "auto" or {NAME: VALUE}
+        setting = env if isinstance(env, str) else ",".join(f"{k.removeprefix('DLLM_CORE_ATTN_')}={v}"
+                                                            for k, v in env.items())
+        key = (r["model"], r["B"], r["q"], r["T"], r["plan"].get("probs", 0))
+        table.setdefault(key, {})[setting] = f"{r['us']:.1f}" + ("*" if r["plan"].get("cluster", 0) else "")
+    names = list(dict.fromkeys(n for v in table.values() for n in v))
+    print("| model | B | q | T | probs | " + " | ".join(names) + " |")
+    print("|---" * (5 + len(names)) + "|")
+    for key, cells in table.items():
+        print("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells.get(n, "-") for n in names) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda text: [int(x) for x in text.split(",")]
@@ -67,8 +86,12 @@ def main() -> None:
     ap.add_argument("--settings", default="auto", help="semicolon list of settings (NAME=VALUE,...; auto)")
     ap.add_argument("--probs", choices=("0", "1", "both"), default="both", help="time without / with probabilities")
     ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--table", metavar="JSON", help="print a saved sweep (--out) as a table and exit")
     ops_bench.add_flush_arg(ap)
     args = ap.parse_args()
+    if args.table:
+        print_table(args.table)
+        return
     ops_bench.FLUSH = args.flush
     settings = [parse_setting(s) for s in args.settings.split(";")]
     props = torch.cuda.get_device_properties(0)
