@@ -57,8 +57,8 @@ def sweep_shape(model: str, B: int, n: int, T: int, settings: list[dict[str, str
 
 
 def print_table(path: str) -> None:
-    """One line per (model, q, T, probabilities) of a saved sweep, one column per setting (us; * where the plan
-    ran the cluster kernel): the sweep's rows side by side, no GPU needed."""
+    """One line per (model, B, q, T, probabilities) of a saved sweep, one column per setting (us; * where the
+    plan ran session 11's cluster kernel, removed since): the sweep's rows side by side, no GPU needed."""
     with open(path) as f:
         rows = json.load(f)["rows"]
     table: dict[tuple, dict[str, str]] = {}

@@ -187,12 +187,9 @@ def attention_plan(q, k, v, mask, scale, return_probs) -> dict:
 def plan_str(plan: dict) -> str:
     """Compact plan: main rows(w: wgmma)(xK/V stages)/splits, probability rows(x3: a 3-stage ring)/head slices
     (k2: key halves) (e.g. r64x3 s8 / p32k2 h1, r128wx3 s1 / p64x3 h2), or "scores" / "exps16" for the
-    stored-scores pass (float32 scores / float16 exponentials); "cluster C x t / r R" for the cluster kernel
-    (C blocks of t 64-key tiles and R rows each)."""
+    stored-scores pass (float32 scores / float16 exponentials)."""
     if not plan:
         return "?"
-    if plan.get("cluster", 0) > 0:
-        return f"cluster {plan['cluster']}x{plan['cluster_tiles']} / r{plan['cluster_rows']}"
     wgmma = "w" if plan.get("mma") == 1 else ""
     stages = f"x{plan['stages']}" if "stages" in plan else ""
     ring = "x3" if plan.get("probs_stages") == 3 else ""

@@ -14,7 +14,6 @@ programmatic dependents; ``..._CARVEOUT=0`` leaves the L1 / shared-memory split 
 ``..._PROBS_SCORES=0/1/2`` the recomputing probability pass or a stored-scores one (tested in
 tests/test_attention_stored_scores.py; the probability-pass tests here force the recomputing one);
 ``DLLM_CORE_ATTN_TRACE=1`` prints the plan to stderr, which checks the automatic decisions.
-The cluster kernel (``..._CLUSTER``) is switched off here and tested in tests/test_attention_cluster.py.
 All tests need a CUDA GPU and the compiled extension, and skip otherwise.
 """
 
@@ -33,8 +32,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
        "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES", "DLLM_CORE_ATTN_CARVEOUT",
-       "DLLM_CORE_ATTN_PROBS_KEY_HALVES", "DLLM_CORE_ATTN_PROBS_SCORES", "DLLM_CORE_ATTN_L2_HINTS",
-       "DLLM_CORE_ATTN_CLUSTER")
+       "DLLM_CORE_ATTN_PROBS_KEY_HALVES", "DLLM_CORE_ATTN_PROBS_SCORES", "DLLM_CORE_ATTN_L2_HINTS")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (multiples of 4 and not: the probability pass
@@ -60,9 +58,6 @@ def _clean_env(monkeypatch):
         pytest.skip("dllm_core._C with the CUDA partial_attention kernel is not built")
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
-    # These tests cover the multi-kernel passes; the plan would take the cluster kernel for many of their small
-    # shapes, which tests/test_attention_cluster.py covers.
-    monkeypatch.setenv("DLLM_CORE_ATTN_CLUSTER", "0")
 
 
 def _inputs(shape, dtype, strided_q=False, seed=0):

@@ -49,17 +49,12 @@ int num_sms(int device) { return cached_attribute<cudaDevAttrMultiProcessorCount
 // L2 cache bytes of a device (50 MB, the H100's, when the query fails).
 static long l2_bytes(int device) { return cached_attribute<cudaDevAttrL2CacheSize>(device, 50 << 20); }
 
-// Whether thread-block clusters can be launched on `device` (compute capability 9.0+).
-static bool cluster_available(int device) {
-  return cached_attribute<cudaDevAttrComputeCapabilityMajor>(device, 1) >= 9;
-}
-
 bool attention_supported(DType dtype, int head_dim) {
   return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (head_dim == 64 || head_dim == 128);
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 0, 0, 0};
   plan.pdl = pdl_enabled(device) ? 1 : 0;
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
@@ -211,28 +206,8 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool pr
   // - bit 4 on top (h100-session10-evict-last.json, two repeats): LLaDA-8B batch 16 q=32 T=512 / 1024 72.8 ->
   //   70.2 us / 132.6 -> 127.6 us, batch 1 q=32 T=4096 42.0 -> 39.7 us; 67 MB of exponentials (T=2048),
   //   more than the L2, within noise.
-  // Cluster kernel (partial_attention_cluster.cu): one kernel instead of the passes above, for grids of one wave.
-  // Rows per block: 32 where a (batch, kv head) has at most 32, else 64.  Cluster size: the largest power of two
-  // <= 8 whose blocks hold at most kClusterMaxTiles tiles each and whose grid fits one block per SM (none: the
-  // passes above).  Taken with probabilities.  DLLM_CORE_ATTN_CLUSTER=0 switches it off; 1/2/4/8/16 forces
-  // that size (with or without probabilities) where its blocks can hold the keys.
-  {
-    const int crows = M <= 32 ? 32 : 64;
-    const long units = static_cast<long>(B) * Hkv * ceil_div(M, crows);
-    int best = 0;
-    for (int c = 1; c <= 8; c *= 2)
-      if (ceil_div(n_tiles, c) <= kClusterMaxTiles && units * c <= sms) best = c;
-    int c = env_int("DLLM_CORE_ATTN_CLUSTER", probs ? best : 0,
-                    [](int v) { return v == 0 || v == 1 || v == 2 || v == 4 || v == 8 || v == 16; });
-    if (c > 0 && (ceil_div(n_tiles, c) > kClusterMaxTiles || !cluster_available(device))) c = 0;
-    plan.cluster = c;
-    plan.cluster_rows = crows;
-    plan.cluster_tiles = c > 0 ? ceil_div(n_tiles, c) : 0;
-    if (c > 0) plan.probs_scores = 0;  // nothing stored: the cluster kernel keeps its scores on chip
-  }
   const double kv_bytes = 4.0 * B * T * Hkv * D;  // K and V, 16-bit
-  const int hint_rows = plan.cluster > 0 ? plan.cluster_rows : plan.rows;
-  const bool kv_hint = ceil_div(M, hint_rows) == 1 && kv_bytes <= 8.0 * static_cast<double>(l2_bytes(device));
+  const bool kv_hint = ceil_div(M, plan.rows) == 1 && kv_bytes <= 8.0 * static_cast<double>(l2_bytes(device));
   const int stored = probs ? plan.probs_scores : 0;
   const double stored_bytes = (stored == 1 ? 4.0 : 2.0) * B * H * n * (ceil_div(T, 128) * 128.0);
   const bool keep_scores = stored != 0 && stored_bytes <= static_cast<double>(l2_bytes(device));
@@ -241,10 +216,10 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool pr
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
                  "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "
-                 "pdl=%d probs_key_halves=%d probs_scores=%d l2_hints=%d cluster=%d cluster_rows=%d cluster_tiles=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages,
+                 "pdl=%d probs_key_halves=%d probs_scores=%d l2_hints=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages,
                  plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks,
                  plan.head_slices, plan.mma, plan.pdl, plan.probs_key_halves, plan.probs_scores,
-                 plan.l2_hints, plan.cluster, plan.cluster_rows, plan.cluster_tiles);
+                 plan.l2_hints);
   return plan;
 }
 

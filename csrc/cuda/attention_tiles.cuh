@@ -268,12 +268,6 @@ cudaError_t launch_attention_scores_probs(const AttentionParams& p, const Attent
 // Multiprocessor count of a device (attention_plan.cu; cached).
 int num_sms(int device);
 
-// Cluster variant (partial_attention_cluster.cu), plan.cluster > 0: clusters of at most kClusterMaxSize blocks
-// (above 8: the H100's non-portable sizes), each block holding at most kClusterMaxTiles 64-key tiles of K and V.
-constexpr int kClusterMaxSize = 16, kClusterMaxTiles = 4;
-cudaError_t launch_attention_cluster(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
-int cluster_smem_bytes(int D, int rows, int tiles);  // dynamic shared memory of one block
-
 // wgmma main pass (partial_attention_wgmma.cu), plan.mma == 1; wgmma_available: the device can run it.
 cudaError_t launch_attention_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream);
 bool wgmma_available(int device);

@@ -135,8 +135,7 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   const auto plan = dc::plan_attention(B, n, H, Hkv, T, D, return_probs, q.get_device());
   // With head slices the probability pass adds into probs with atomics: the main pass zeroes it.
   at::Tensor probs = return_probs ? at::empty({B, n, T}, f32) : at::empty({0}, f32);
-  const bool cluster = plan.cluster > 0;  // one cluster kernel: no scratch below
-  at::Tensor lse = return_probs && !cluster ? at::empty({B, H, n}, f32) : at::Tensor();
+  at::Tensor lse = return_probs ? at::empty({B, H, n}, f32) : at::Tensor();
   // Stored-scores modes: float32 scores (1) or float16 exponentials and float32 64-key-chunk maxima (2), rows
   // padded to 128 keys (aligned loads, and the main pass's tiles never pass the end of a row).
   const int64_t scores_ld = (T + 127) / 128 * 128;
@@ -145,8 +144,7 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
                              : at::Tensor();
   at::Tensor score_max = stored == 2 ? at::empty({B, H, n, scores_ld / 64}, f32) : at::Tensor();
   at::Tensor part_o, part_ml;
-  const bool split = plan.splits > 1 && !cluster;
-  if (split) {
+  if (plan.splits > 1) {
     part_o = at::empty({plan.splits, B, H, n, D}, f32);
     part_ml = at::empty({plan.splits, B, H, n, 2}, f32);
   }
@@ -157,9 +155,9 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   p.mask = mask.data_ptr<bool>();
   p.out = out.data_ptr();
   p.probs = return_probs ? probs.data_ptr<float>() : nullptr;
-  p.lse = lse.defined() ? lse.data_ptr<float>() : nullptr;
-  p.part_o = split ? part_o.data_ptr<float>() : nullptr;
-  p.part_ml = split ? part_ml.data_ptr<float>() : nullptr;
+  p.lse = return_probs ? lse.data_ptr<float>() : nullptr;
+  p.part_o = plan.splits > 1 ? part_o.data_ptr<float>() : nullptr;
+  p.part_ml = plan.splits > 1 ? part_ml.data_ptr<float>() : nullptr;
   p.scores = stored ? scores.data_ptr() : nullptr;
   p.score_max = stored == 2 ? score_max.data_ptr<float>() : nullptr;
   p.scores_ld = scores_ld;
@@ -170,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> partial_attention_cuda(const at::Tensor& q_in
   p.B = B, p.n = n, p.H = H, p.Hkv = Hkv, p.T = T, p.D = D;
   p.scale = static_cast<float>(scale);
   p.dtype = dtype;
-  p.zero_probs = return_probs && !cluster && plan.probs_scores == 0 && plan.head_slices > 1 ? 1 : 0;
+  p.zero_probs = return_probs && plan.probs_scores == 0 && plan.head_slices > 1 ? 1 : 0;
   p.l2_hints = plan.l2_hints;
   check_launch(dc::launch_partial_attention(p, plan, c10::cuda::getCurrentCUDAStream().stream()), op);
   return {out, probs};

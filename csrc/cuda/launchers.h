@@ -49,10 +49,6 @@ struct AttentionPlan {
   int l2_hints;         // bits: 1 = the main pass copies K/V evict-first (read once); 2 = the stored-scores pass
                         // discards the scratch lines it has read (no write-back of dead data); 4 = the main pass
                         // stores the scores evict-last (kept in L2 for the streaming pass)
-  int cluster;          // > 0: one cluster kernel of this many blocks per (batch, kv head, row tile) replaces every
-                        // pass above (partial_attention_cluster.cu); 0: the passes above
-  int cluster_rows;     // cluster kernel: rows per block, 32 or 64
-  int cluster_tiles;    // cluster kernel: 64-key tiles per block (1-4; cluster x tiles x 64 >= T)
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous

@@ -271,7 +271,6 @@ cudaError_t launch_rows(const AttentionParams& p, const AttentionPlan& plan, cud
 
 template <typename T, int D>
 cudaError_t launch_typed(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  if (plan.cluster > 0) return launch_attention_cluster(p, plan, stream);  // instead of everything below
   cudaError_t err = plan.mma == 1      ? launch_attention_wgmma(p, plan, stream)
                     : plan.stages == 2 ? launch_rows<T, D, 2>(p, plan, stream)
                     : plan.stages == 3 ? launch_rows<T, D, 3>(p, plan, stream)
