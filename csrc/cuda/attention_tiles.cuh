@@ -176,7 +176,6 @@ template <bool HALF, int NB, typename At>
 __device__ __forceinline__ void store_scores(const AttentionParams& p, int b, int h0, int group, int m, int M, int t0,
                                              int key_end, int lane, const float (&m_run)[2], At at) {
   using Elem = std::conditional_t<HALF, __half, float>;
-  using Pair = std::conditional_t<HALF, __half2, float2>;
   auto pair = [](float x, float y) {
     if constexpr (HALF) return __floats2half2_rn(x, y); else return make_float2(x, y);
   };
