@@ -207,17 +207,17 @@ __global__ void __launch_bounds__(384, 1) ring_probe(const T* q, const T* k, int
   auto full = [&](int st) { return bars + 8 * st; };
   auto empty = [&](int st) { return bars + 8 * (kRingStages + st); };
   if (threadIdx.x == 0)
-    for (int st = 0; st < kRingStages; ++st) wg::mbar_init(full(st), 128), wg::mbar_init(empty(st), 8);
+    for (int st = 0; st < kRingStages; ++st) mbar_init(full(st), 128), mbar_init(empty(st), 8);
   __syncthreads();
   if (threadIdx.x < 128) {
     wg::setmaxnreg_dec<40>();
     wg::load_tile<D, kRows, 128>(sQ, [&](int r) { return q + r * D; }, kRows, q);
     for (int i = 0; i < kRingTiles; ++i) {
       const int st = i % kRingStages;
-      if (i >= kRingStages) wg::mbar_wait(empty(st), (i / kRingStages - 1) & 1);
+      if (i >= kRingStages) mbar_wait(empty(st), (i / kRingStages - 1) & 1);
       const T* kt = k + i * 128 * D;
       wg::load_tile<D, 128, 128>(sK + st * kTile, [&](int r) { return kt + r * D; }, n_keys - i * 128, k);
-      wg::cp_async_arrive_noinc(full(st));
+      cp_async_arrive_noinc(full(st));
     }
     cp_async_wait<0>();
   } else {
@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(384, 1) ring_probe(const T* q, const T* k, int
     if (cw == 1) wg::bar_arrive(1, 256);
     for (int i = 0; i < kRingTiles; ++i) {
       const int st = i % kRingStages;
-      wg::mbar_wait(full(st), (i / kRingStages) & 1);
+      mbar_wait(full(st), (i / kRingStages) & 1);
       wg::fence_proxy_async();
       wg::bar_sync(1 + cw, 256);
       float s[64];
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(384, 1) ring_probe(const T* q, const T* k, int
       if (cw == 0 || i + 1 < kRingTiles) wg::bar_arrive(2 - cw, 256);
       wg::wait<0>();
       wg::pin(s);
-      if (lane == 0) wg::mbar_arrive(empty(st));
+      if (lane == 0) mbar_arrive(empty(st));
       for (int j = 0; j < 16; ++j)
         for (int e = 0; e < 4; ++e) {
           int row, col;

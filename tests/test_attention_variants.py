@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a
 ENV = ("DLLM_CORE_ATTN_ROWS", "DLLM_CORE_ATTN_STAGES", "DLLM_CORE_ATTN_SPLITS", "DLLM_CORE_ATTN_PROBS_ROWS",
        "DLLM_CORE_ATTN_HEAD_SLICES", "DLLM_CORE_ATTN_TRACE", "DLLM_CORE_ATTN_MMA", "DLLM_CORE_ATTN_WGMMA_GRID",
        "DLLM_CORE_ATTN_PDL", "DLLM_CORE_ATTN_PROBS_STAGES", "DLLM_CORE_ATTN_CARVEOUT",
-       "DLLM_CORE_ATTN_PROBS_KEY_HALVES", "DLLM_CORE_ATTN_PROBS_SCORES", "DLLM_CORE_ATTN_L2_HINTS")
+       "DLLM_CORE_ATTN_PROBS_KEY_HALVES", "DLLM_CORE_ATTN_PROBS_SCORES", "DLLM_CORE_ATTN_L2_HINTS",
+       "DLLM_CORE_ATTN_TMA")
 
 # B, q, H, Hkv, D, T; rows per (batch, kv head) = q * H / Hkv around the 32 / 64 / 128 tile edges,
 # GQA groups 1, 2, 4, 7, key counts off the 64-key tile (multiples of 4 and not: the probability pass

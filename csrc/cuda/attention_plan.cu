@@ -54,7 +54,7 @@ bool attention_supported(DType dtype, int head_dim) {
 }
 
 AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool probs, int device) {
-  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 0, 0, 0};
+  AttentionPlan plan{1, 1, 1, 1, 64, 64, 2, 2, 0, 0, 0, 0, 0, 0};
   plan.pdl = pdl_enabled(device) ? 1 : 0;
   const int sms = num_sms(device), n_tiles = ceil_div(T, kBlockN), M = n * (H / Hkv);
   // Main pass: the smallest row tile that holds the rows of a (batch, kv head), up to 128.
@@ -213,13 +213,17 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool pr
   const bool keep_scores = stored != 0 && stored_bytes <= static_cast<double>(l2_bytes(device));
   plan.l2_hints = env_int("DLLM_CORE_ATTN_L2_HINTS", (kv_hint ? 1 : 0) | 2 | (keep_scores ? 4 : 0),
                           [](int v) { return v >= 0 && v <= 7; });
+  // Bulk tensor copies of the main passes' K/V tiles (tma.cuh) on compute capability 9.0+; DLLM_CORE_ATTN_TMA=0/1
+  // overrides (1 still needs 9.0+).
+  const bool tma_device = cached_attribute<cudaDevAttrComputeCapabilityMajor>(device, 0) >= 9;
+  plan.tma = tma_device ? env_int("DLLM_CORE_ATTN_TMA", 1, [](int v) { return v == 0 || v == 1; }) : 0;
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
                  "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "
-                 "pdl=%d probs_key_halves=%d probs_scores=%d l2_hints=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages,
+                 "pdl=%d probs_key_halves=%d probs_scores=%d l2_hints=%d tma=%d\n", B, n, H, Hkv, T, plan.rows, plan.stages,
                  plan.splits, plan.tiles_per_split, probs ? 1 : 0, plan.probs_rows, plan.probs_stages, plan.row_blocks,
                  plan.head_slices, plan.mma, plan.pdl, plan.probs_key_halves, plan.probs_scores,
-                 plan.l2_hints);
+                 plan.l2_hints, plan.tma);
   return plan;
 }
 

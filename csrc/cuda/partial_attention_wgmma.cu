@@ -6,7 +6,9 @@
 // persistent (kPersistent): a block (384 threads = three warpgroups) runs units blockIdx.x + i gridDim.x,
 // its producer running ahead across unit boundaries (next Q and K/V tiles land under the epilogue).  Warp specialisation: warpgroup 0 is the producer (setmaxnreg.dec to kProducerRegs): it copies
 // Q and then 128-key K/V tiles with cp.async into a ring of kWgStages stages; each thread's
-// cp.async.mbarrier.arrive.noinc completes the stage's "full" mbarrier once its copies landed.
+// cp.async.mbarrier.arrive.noinc completes the stage's "full" mbarrier once its copies landed.  With TMA
+// (plan.tma) its thread 0 alone copies the K/V tiles as bulk tensor copies (tma.cuh, same layout) that
+// complete the stage's "full" mbarrier; Q stays on cp.async.
 // Warpgroups 1 and 2 are consumers (setmaxnreg.inc to kConsumerRegs) of 64 rows each: they wait on
 // "full", fence the async proxy (cp.async writes through the generic proxy, wgmma reads through the
 // async one), and hand the stage back through its "empty" mbarrier (one arrival per consumer warp) once
@@ -35,6 +37,7 @@
 #include <cstdlib>
 
 #include "attention_tiles.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace dllm_core {
@@ -124,9 +127,12 @@ __device__ __forceinline__ WgUnit unit_at(const AttentionParams& p, const WgGrid
 
 // SCORES: the stored-scores mode, plan.probs_scores (0 none, 1 float32 scores, 2 float16 exponentials;
 // attention_scores.cuh); a template value: a runtime check made the plain kernel up to 8% slower at batch 1
-// (session 8, Dream-7B q=32 T=512 9.5 -> 10.3 us).
-template <typename T, int D, int SCORES>
-__global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionParams p, WgGrid w) {
+// (session 8, Dream-7B q=32 T=512 9.5 -> 10.3 us).  TMA: K/V by bulk tensor copies through k_map / v_map
+// (boxes of kWgKeys keys; unused otherwise).
+template <typename T, int D, int SCORES, bool TMA>
+__global__ void __launch_bounds__(kWgThreads, 1)
+    attn_wgmma_kernel(AttentionParams p, WgGrid w, const __grid_constant__ CUtensorMap k_map,
+                      const __grid_constant__ CUtensorMap v_map) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = WgConfig<D>;
   extern __shared__ unsigned char smem[];
@@ -139,8 +145,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
   const int group = p.H / p.Hkv, M = p.n * group;
 
   if (threadIdx.x == 0) {
-    for (int st = 0; st < kWgStages; ++st) wg::mbar_init(full(st), 128), wg::mbar_init(empty(st), 8);
-    wg::mbar_init(q_full, 128), wg::mbar_init(q_empty, 8);
+    for (int st = 0; st < kWgStages; ++st) mbar_init(full(st), TMA ? 1 : 128), mbar_init(empty(st), 8);
+    mbar_init(q_full, 128), mbar_init(q_empty, 8);
+    if constexpr (TMA) mbar_init_fence();
   }
   __syncthreads();  // the barriers' init, before any thread uses them
   pdl_launch_dependents();  // the combine / probability kernel may be scheduled (pdl.cuh)
@@ -157,8 +164,17 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
       auto load_kv = [&](int i) {  // tile i of the unit -> stage gt % S, once tile gt - S was released
         const uint32_t st = gt % kWgStages;
         const int t0 = un.key_begin + i * kWgKeys, valid = min(kWgKeys, un.key_end - t0);
-        if (gt >= kWgStages) wg::mbar_wait(empty(st), (gt / kWgStages - 1) & 1);
         const uint32_t dst = sKV + 2 * st * Cfg::kTileBytes;
+        if constexpr (TMA) {  // keys past key_end but before T arrive as data: the consumers mask them
+          if (threadIdx.x == 0) {
+            if (gt >= kWgStages) mbar_wait(empty(st), (gt / kWgStages - 1) & 1);
+            tma::load_kv_stage<D, kWgKeys>(dst, dst + Cfg::kTileBytes, full(st), &k_map, &v_map, un.g, t0, un.b,
+                                           k_policy, v_policy);
+          }
+          ++gt;
+          return;
+        }
+        if (gt >= kWgStages) mbar_wait(empty(st), (gt / kWgStages - 1) & 1);
         const T* kbase = static_cast<const T*>(p.k) + un.b * p.k_s[0] + un.g * p.k_s[2];
         const T* vbase = static_cast<const T*>(p.v) + un.b * p.v_s[0] + un.g * p.v_s[2];
         const T* kt = kbase + t0 * p.k_s[1];
@@ -166,7 +182,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
         wg::load_tile<D, kWgKeys, 128, true>(dst, [&](int r) { return kt + r * p.k_s[1]; }, valid, kbase, k_policy);
         wg::load_tile<D, kWgKeys, 128, true>(dst + Cfg::kTileBytes, [&](int r) { return vt + r * p.v_s[1]; }, valid,
                                              vbase, v_policy);
-        wg::cp_async_arrive_noinc(full(st));
+        cp_async_arrive_noinc(full(st));
         ++gt;
       };
       if (un.count == 0) continue;
@@ -176,9 +192,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
         const T* qb = q + un.b * p.q_s[0] + (un.g * group) * p.q_s[2];
         const int m0 = un.m0;
         auto q_row = [&](int r) { const int m = m0 + r; return qb + (m / group) * p.q_s[1] + (m % group) * p.q_s[2]; };
-        if (qi > 0) wg::mbar_wait(q_empty, (qi - 1) & 1);
+        if (qi > 0) mbar_wait(q_empty, (qi - 1) & 1);
         wg::load_tile<D, kWgRows, 128>(sQ, q_row, M - m0, q);
-        wg::cp_async_arrive_noinc(q_full);
+        cp_async_arrive_noinc(q_full);
         ++qi;
       }
       for (int i = 1; i < un.count; ++i) load_kv(i);
@@ -194,7 +210,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
     auto sched_sync = [&]() { if constexpr (kPingPong) wg::bar_sync(1 + cw, 256); };
     auto sched_arrive = [&]() { if constexpr (kPingPong) wg::bar_arrive(2 - cw, 256); };
     auto k_tile = [&](uint32_t t) { return sKV + 2 * (t % kWgStages) * Cfg::kTileBytes; };
-    auto release = [&](uint32_t t) { if (lane == 0) wg::mbar_arrive(empty(t % kWgStages)); };
+    auto release = [&](uint32_t t) { if (lane == 0) mbar_arrive(empty(t % kWgStages)); };
     const uint32_t q_wg = sQ + cw * 64 * 128;  // this warpgroup's rows (column block 0)
     if (kPingPong && cw == 1) wg::bar_arrive(1, 256);  // consumer 0 goes first
     uint32_t gt = 0, qi = 0;
@@ -242,8 +258,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
         const uint32_t g0 = gt;  // the block's index of this unit's tile 0
         uint32_t valid[4];
         key_bits(0, valid);
-        wg::mbar_wait(q_full, qi & 1);
-        wg::mbar_wait(full(g0 % kWgStages), (g0 / kWgStages) & 1);
+        mbar_wait(q_full, qi & 1);
+        mbar_wait(full(g0 % kWgStages), (g0 / kWgStages) & 1);
         wg::fence_proxy_async();
         sched_sync();
         wg::pin(s);
@@ -253,14 +269,14 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
         sched_arrive();
         wg::wait<0>();
         wg::pin(s);
-        if (count == 1 && lane == 0) wg::mbar_arrive(q_empty);  // last read of Q done
+        if (count == 1 && lane == 0) mbar_arrive(q_empty);  // last read of Q done
         softmax_tile<SCORES>(s, valid, scale_log2, m_run, l_run, alpha, store(0));
         wg::pack_p<T, kWgKeys>(pf, s);
 
         for (int i = 1; i < count; ++i) {
           const uint32_t t = g0 + i;
           key_bits(i, valid);
-          wg::mbar_wait(full(t % kWgStages), (t / kWgStages) & 1);
+          mbar_wait(full(t % kWgStages), (t / kWgStages) & 1);
           wg::fence_proxy_async();
           sched_sync();
           wg::pin(s), wg::pin(o), wg::pin(pf);
@@ -275,11 +291,11 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
           sched_arrive();
           wg::wait<1>();  // S_i landed; P_{i-1} V_{i-1} runs on under the softmax
           wg::pin(s);
-          if (i == count - 1 && lane == 0) wg::mbar_arrive(q_empty);  // last read of Q done: reload it
+          if (i == count - 1 && lane == 0) mbar_arrive(q_empty);  // last read of Q done: reload it
           softmax_tile<SCORES>(s, valid, scale_log2, m_run, l_run, alpha, store(i));
           // A basic-block boundary (a wait on full(t), complete since the top of the iteration: a loop)
           // keeps ptxas from hoisting the next wait above the exponentials (it did, serialising them).
-          wg::mbar_wait(full(t % kWgStages), (t / kWgStages) & 1);
+          mbar_wait(full(t % kWgStages), (t / kWgStages) & 1);
           wg::wait<0>();
           wg::pin(o), wg::pin(pf), wg::pin(s);
           release(t - 1);
@@ -337,12 +353,13 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(AttentionPara
 // Persistent grid (kPersistent): min(SMs, units) blocks (1 resident per SM), unit u on block u % grid;
 // DLLM_CORE_ATTN_WGMMA_GRID=k caps the grid at k blocks (tests: many units per block).  Off: one block
 // per unit (round 2's grid, flattened), same kernel.
-template <typename T, int D>
-cudaError_t launch_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+template <typename T, int D, bool TMA>
+cudaError_t launch_wgmma_variant(const AttentionParams& p, const AttentionPlan& plan, const CUtensorMap& k_map,
+                                 const CUtensorMap& v_map, cudaStream_t stream) {
   const int mode = p.scores == nullptr ? 0 : plan.probs_scores;
-  auto kernel = mode == 2   ? attn_wgmma_kernel<T, D, 2>
-                : mode == 1 ? attn_wgmma_kernel<T, D, 1>
-                            : attn_wgmma_kernel<T, D, 0>;
+  auto kernel = mode == 2   ? attn_wgmma_kernel<T, D, 2, TMA>
+                : mode == 1 ? attn_wgmma_kernel<T, D, 1, TMA>
+                            : attn_wgmma_kernel<T, D, 0, TMA>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WgConfig<D>::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
@@ -358,8 +375,18 @@ cudaError_t launch_wgmma(const AttentionParams& p, const AttentionPlan& plan, cu
     const char* cap = std::getenv("DLLM_CORE_ATTN_WGMMA_GRID");
     if (cap != nullptr && std::atoi(cap) > 0) blocks = std::min(blocks, std::atoi(cap));
   }
-  kernel<<<blocks, kWgThreads, WgConfig<D>::kSmem, stream>>>(p, w);
+  kernel<<<blocks, kWgThreads, WgConfig<D>::kSmem, stream>>>(p, w, k_map, v_map);
   return cudaGetLastError();
+}
+
+// plan.tma: bulk tensor copies where the tensor maps of K and V can be made, else cp.async.
+template <typename T, int D>
+cudaError_t launch_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  CUtensorMap k_map{}, v_map{};
+  if (plan.tma == 1 && tma::encode_kv_map(&k_map, p.k, p.B, p.T, p.Hkv, D, p.k_s, kWgKeys) &&
+      tma::encode_kv_map(&v_map, p.v, p.B, p.T, p.Hkv, D, p.v_s, kWgKeys))
+    return launch_wgmma_variant<T, D, true>(p, plan, k_map, v_map, stream);
+  return launch_wgmma_variant<T, D, false>(p, plan, k_map, v_map, stream);
 }
 
 }  // namespace
@@ -380,7 +407,7 @@ bool wgmma_available(int device) {
     cudaFuncAttributes attr{};
     if (ok)  // cudaFuncGetAttributes describes the current device's image
       ok = cudaGetDevice(&current) == cudaSuccess && current == device &&
-           cudaFuncGetAttributes(&attr, attn_wgmma_kernel<__nv_bfloat16, 128, false>) == cudaSuccess && attr.numRegs >= 64;
+           cudaFuncGetAttributes(&attr, attn_wgmma_kernel<__nv_bfloat16, 128, 0, false>) == cudaSuccess && attr.numRegs >= 64;
     if (!ok) (void)cudaGetLastError();
     if (!ok && current >= 0 && current != device) return false;  // not cached: ask again from that device
     cache[device] = ok ? 1 : -1;

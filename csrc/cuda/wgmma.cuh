@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "device_utils.cuh"
+#include "mbarrier.cuh"
 
 namespace dllm_core {
 namespace cuda {
@@ -170,25 +171,7 @@ __device__ __forceinline__ void pack_p(uint32_t (&p)[N / 4], const float (&s)[N 
   for (int i = 0; i < N / 4; ++i) p[i] = pack2<T>(s[2 * i], s[2 * i + 1]);
 }
 
-// ---- Warp specialisation: mbarriers (shared-memory 8-byte words), named barriers, register budgets.
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
-}
-// One arrival on bar once every cp.async this thread issued so far has landed (the init count has it).
-__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-// Waits for the completion of the barrier's phase of the given parity (phase k: parity k & 1).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-  } while (done == 0);
-}
+// ---- Warp specialisation: named barriers, register budgets (the mbarriers: mbarrier.cuh).
 // Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads: sync waits, arrive does not.
 __device__ __forceinline__ void bar_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
