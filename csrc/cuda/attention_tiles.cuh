@@ -97,40 +97,27 @@ __device__ __forceinline__ void q_fragments(uint32_t (&qf)[D / 16][4], const T* 
   for (int kk = 0; kk < D / 16; ++kk) a_fragment<D>(qf[kk], sQ, row0, kk, lane);
 }
 
-// Byte offset of the 16-byte chunk 2 k + hi of row r (r % 8 == lane % 8) in a kBlockN-row tile: with CB
-// (column blocks, the bulk copies' layout, tma.cuh) chunk c of row r sits in 64-column block c / 8 at
-// row r x 128 bytes, chunk position (c % 8) ^ (r % 8); else as swz.  The row and block parts are
-// multiples of 128 bytes, so the k-step XOR only touches the chunk bits.
-template <int D, bool CB>
-__device__ __forceinline__ uint32_t tile_chunk_offset(int r, int hi, int k, int lane) {
-  if constexpr (CB)
-    return static_cast<uint32_t>((k >> 2) * kBlockN * 128) + (ldsm_offset<64>(r, hi, lane) ^ ((k & 3) << 5));
-  else
-    return ldsm_offset<D>(r, hi, lane) ^ (k << 5);
-}
-
-// B fragments of key blocks 2jp, 2jp+1 (8 keys each) of a K tile for k step kk (CB: tile_chunk_offset).
-template <int D, bool CB = false, typename T>
+// B fragments of key blocks 2jp, 2jp+1 (8 keys each) of a swizzled K tile for k step kk.
+template <int D, typename T>
 __device__ __forceinline__ void k_fragments(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const T* sK,
                                             int jp, int kk, int lane) {
   static_assert(sizeof(T) == 2, "16-bit tiles");
-  const uint32_t off = tile_chunk_offset<D, CB>(((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1, kk, lane);
-  ldmatrix_x4(smem_addr(sK) + jp * 16 * (CB ? 128 : D * 2) + off, b0, b1, b2, b3);
+  const uint32_t off = ldsm_offset<D>(((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1, lane) ^ (kk << 5);
+  ldmatrix_x4(smem_addr(sK) + jp * 16 * D * 2 + off, b0, b1, b2, b3);
 }
 
-// B fragments (transposed) of a V tile for P V: keys 16 kk .. 16 kk + 15, output columns
-// 16 dp .. 16 dp + 15 (two 8-column blocks; CB: tile_chunk_offset).
-template <int D, bool CB = false, typename T>
+// B fragments (transposed) of a swizzled V tile for P V: keys 16 kk .. 16 kk + 15, output columns
+// 16 dp .. 16 dp + 15 (two 8-column blocks).
+template <int D, typename T>
 __device__ __forceinline__ void v_fragments(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const T* sV,
                                             int kk, int dp, int lane) {
   static_assert(sizeof(T) == 2, "16-bit tiles");
-  const uint32_t off = tile_chunk_offset<D, CB>((((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4, dp, lane);
-  ldmatrix_x4_trans(smem_addr(sV) + kk * 16 * (CB ? 128 : D * 2) + off, b0, b1, b2, b3);
+  const uint32_t off = ldsm_offset<D>((((lane >> 3) & 1) << 3) + (lane & 7), lane >> 4, lane) ^ (dp << 5);
+  ldmatrix_x4_trans(smem_addr(sV) + kk * 16 * D * 2 + off, b0, b1, b2, b3);
 }
 
-// s[j] (keys 8j..8j+7 of the tile, NB blocks) = Q K^T for 16 rows whose A fragments are in registers
-// (CB: the K tile's layout, k_fragments).
-template <int D, int NB = 8, bool CB = false, typename T>
+// s[j] (keys 8j..8j+7 of the tile, NB blocks) = Q K^T for 16 rows whose A fragments are in registers.
+template <int D, int NB = 8, typename T>
 __device__ __forceinline__ void qk_tile(float (&s)[NB][4], const uint32_t (&qf)[D / 16][4], const T* sK, int lane) {
   static_assert(NB % 2 == 0, "key blocks come in pairs");
 #pragma unroll
@@ -140,7 +127,7 @@ __device__ __forceinline__ void qk_tile(float (&s)[NB][4], const uint32_t (&qf)[
 #pragma unroll
     for (int jp = 0; jp < NB / 2; ++jp) {  // two 8-key column blocks per ldmatrix.x4
       uint32_t b0, b1, b2, b3;
-      k_fragments<D, CB>(b0, b1, b2, b3, sK, jp, kk, lane);
+      k_fragments<D>(b0, b1, b2, b3, sK, jp, kk, lane);
       mma16816<T>(s[2 * jp], qf[kk], b0, b1);
       mma16816<T>(s[2 * jp + 1], qf[kk], b2, b3);
     }
@@ -148,8 +135,8 @@ __device__ __forceinline__ void qk_tile(float (&s)[NB][4], const uint32_t (&qf)[
 }
 
 // s[mt][j] = Q K^T for MT 16-row slabs (rows row0 + 16 mt ..) read from the shared Q tile per k
-// step: every K fragment loaded from shared memory feeds MT MMAs (the point of MT > 1).  CB: as qk_tile.
-template <int D, int MT, bool CB = false, typename T>
+// step: every K fragment loaded from shared memory feeds MT MMAs (the point of MT > 1).
+template <int D, int MT, typename T>
 __device__ __forceinline__ void qk_tile_smem(float (&s)[MT][8][4], const T* sQ, int row0, const T* sK, int lane) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -163,7 +150,7 @@ __device__ __forceinline__ void qk_tile_smem(float (&s)[MT][8][4], const T* sQ, 
 #pragma unroll
     for (int jp = 0; jp < 4; ++jp) {
       uint32_t b0, b1, b2, b3;
-      k_fragments<D, CB>(b0, b1, b2, b3, sK, jp, kk, lane);
+      k_fragments<D>(b0, b1, b2, b3, sK, jp, kk, lane);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         mma16816<T>(s[mt][2 * jp], a[mt], b0, b1);

@@ -12,9 +12,8 @@
 //   128 rows = 4 warps x 32: K/V streamed once per 128 rows, and every K/V fragment read from
 //              shared memory feeds two MMAs (the 16-row warps were shared-memory bound); Q is
 //              re-read from shared memory per tile to keep the 2x larger accumulators in registers.
-// 64-key tiles stream into XOR-swizzled shared memory (conflict-free ldmatrix) through a ring of STAGES
-// buffers, copied either by every thread with cp.async or, with TMA (plan.tma), by one thread's bulk
-// tensor copies completing on a per-stage mbarrier (tma.cuh; the tiles then use its column-block layout): 2 stages prefetch one tile ahead (two barriers per tile); 3 stages keep
+// 64-key tiles stream with cp.async into XOR-swizzled shared memory (conflict-free ldmatrix) through
+// a ring of STAGES buffers: 2 stages prefetch one tile ahead (two barriers per tile); 3 stages keep
 // two tiles in flight while a tile is computed and need one barrier per tile, at 32 KB more shared
 // memory (D = 128), so the plan uses them only where that costs no resident block.  Online softmax
 // in the log2 domain (ex2.approx.ftz); padded/masked keys get -inf.  When the grid would
@@ -25,19 +24,15 @@
 #include <cfloat>
 
 #include "attention_combine.cuh"
-#include "tma.cuh"
 
 namespace dllm_core {
 namespace cuda {
 namespace {
 
-template <typename T, int D, int WARPS, int MT, int STAGES, bool TMA = false>
+template <typename T, int D, int WARPS, int MT, int STAGES>
 struct MainConfig {
   static constexpr int kRows = WARPS * 16 * MT, kThreads = WARPS * 32;
-  static constexpr size_t kTiles = sizeof(T) * D * (kRows + 2 * STAGES * kBlockN);  // Q + STAGES x (K, V)
-  // TMA: + the stages' mbarriers and slack to align the tiles to 1024 bytes (the 128-byte swizzle's atom).
-  static constexpr size_t kSmem = TMA ? kTiles + 8 * STAGES + 1024 : kTiles;
-  static_assert(!TMA || (sizeof(T) * D * kRows) % 1024 == 0, "K/V stages 1024-byte aligned behind Q");
+  static constexpr size_t kSmem = sizeof(T) * D * (kRows + 2 * STAGES * kBlockN);  // Q + STAGES x (K, V)
   static_assert(MT == 1 || MT == 2, "one or two 16-row slabs per warp");
   static_assert(STAGES == 2 || STAGES == 3, "double buffer or 3-stage ring");
   static_assert(kBlockN == 64, "one warp ballot per column parity covers the tile's 64 keys");
@@ -47,20 +42,15 @@ struct MainConfig {
 
 // SCORES: the stored-scores mode, plan.probs_scores (0 none; 1 float32 scores; 2 float16 exponentials and
 // chunk maxima; attention_scores.cuh).  A template value: the stores' registers cost the 128-row variant
-// spills even where the branch is not taken.  TMA: K/V by bulk tensor copies through k_map / v_map (boxes
-// of kBlockN keys; unused otherwise).
-template <typename T, int D, int WARPS, int MT, int STAGES, int SCORES, bool TMA>
-__global__ void __launch_bounds__(WARPS * 32)
-    attn_main_kernel(AttentionParams p, int tiles_per_split, const __grid_constant__ CUtensorMap k_map,
-                     const __grid_constant__ CUtensorMap v_map) {
-  using Cfg = MainConfig<T, D, WARPS, MT, STAGES, TMA>;
+// spills even where the branch is not taken.
+template <typename T, int D, int WARPS, int MT, int STAGES, int SCORES>
+__global__ void __launch_bounds__(WARPS * 32) attn_main_kernel(AttentionParams p, int tiles_per_split) {
+  using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + (TMA ? (1024u - (smem_addr(smem_raw) & 1023u)) & 1023u : 0u);
+  extern __shared__ __align__(128) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
   T* sK = sQ + kRows * D;             // STAGES stages
   T* sV = sK + STAGES * kBlockN * D;  // STAGES stages
-  const uint32_t bars = smem_addr(sV + STAGES * kBlockN * D);  // TMA: stage s's "full" mbarrier at bars + 8 s
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = warp * 16 * MT;
   const int b = blockIdx.z / p.Hkv, g = blockIdx.z % p.Hkv, split = blockIdx.y;
   const int group = p.H / p.Hkv, M = p.n * group, m0 = blockIdx.x * kRows;
@@ -72,54 +62,22 @@ __global__ void __launch_bounds__(WARPS * 32)
   const bool* mask = p.mask + b * p.mask_s0;
   const float scale_log2 = p.scale * kLog2e;
   const uint64_t k_policy = kv_l2_policy<SCORES>(p, true), v_policy = kv_l2_policy<SCORES>(p, false);
-  if constexpr (TMA) {
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int st = 0; st < STAGES; ++st) mbar_init(bars + 8 * st, 1);
-      mbar_init_fence();
-    }
-  }
   pdl_launch_dependents();  // the combine / probability kernel may take free SM slots now (pdl.cuh)
   const int64_t blocks_xy = static_cast<int64_t>(gridDim.x) * gridDim.y;
   zero_probs_share(p, blockIdx.x + gridDim.x * blockIdx.y + blocks_xy * blockIdx.z, blocks_xy * gridDim.z);
 
   auto load_kv = [&](int tile, int stage) {
-    const int t0 = tile * kBlockN;
-    if constexpr (TMA) {  // thread 0 only; the stage's mbarrier completes when both tiles landed
-      if (threadIdx.x == 0)
-        tma::load_kv_stage<D, kBlockN>(smem_addr(sK + stage * kBlockN * D), smem_addr(sV + stage * kBlockN * D),
-                                       bars + 8 * stage, &k_map, &v_map, g, t0, b, k_policy, v_policy);
-    } else {
-      const int valid = min(kBlockN, p.T - t0);
-      load_rows<D, kBlockN, kThreads, true>(sK + stage * kBlockN * D, kbase + t0 * p.k_s[1], p.k_s[1], valid,
-                                            k_policy);
-      load_rows<D, kBlockN, kThreads, true>(sV + stage * kBlockN * D, vbase + t0 * p.v_s[1], p.v_s[1], valid,
-                                            v_policy);
-    }
-  };
-  // Tile r of the split (stage r % STAGES) landed: its stage's mbarrier completed fill r / STAGES (TMA).
-  auto wait_tma = [&](int tile, int stage) {
-    if constexpr (TMA) mbar_wait(bars + 8 * stage, ((tile - tile_begin) / STAGES) & 1);
+    const int t0 = tile * kBlockN, valid = min(kBlockN, p.T - t0);
+    load_rows<D, kBlockN, kThreads, true>(sK + stage * kBlockN * D, kbase + t0 * p.k_s[1], p.k_s[1], valid, k_policy);
+    load_rows<D, kBlockN, kThreads, true>(sV + stage * kBlockN * D, vbase + t0 * p.v_s[1], p.v_s[1], valid, v_policy);
   };
   // Prologue: tiles 0 .. STAGES-2 of the split, one commit group each (Q rides with the first);
   // groups are committed even when empty so that "tile r landed" is always wait_group<STAGES-2>.
-  // TMA: the bulk copies go first (after the barrier inits, which thread 0 made), then Q; every thread
-  // waits for its Q copies and the block barrier publishes them (and the inits) before the loop.
-  if constexpr (TMA) {
+  load_q<D, kRows, kThreads>(sQ, p, b, g * group, m0, M, group);
 #pragma unroll
-    for (int r = 0; r < STAGES - 1; ++r)
-      if (tile_begin + r < tile_end) load_kv(tile_begin + r, r);
-    load_q<D, kRows, kThreads>(sQ, p, b, g * group, m0, M, group);
+  for (int r = 0; r < STAGES - 1; ++r) {
+    if (tile_begin + r < tile_end) load_kv(tile_begin + r, r);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-  } else {
-    load_q<D, kRows, kThreads>(sQ, p, b, g * group, m0, M, group);
-#pragma unroll
-    for (int r = 0; r < STAGES - 1; ++r) {
-      if (tile_begin + r < tile_end) load_kv(tile_begin + r, r);
-      cp_async_commit();
-    }
   }
 
   uint32_t qf[MT == 1 ? D / 16 : 1][4];  // MT == 1: Q fragments live in registers
@@ -145,10 +103,7 @@ __global__ void __launch_bounds__(WARPS * 32)
       valid[0] = __ballot_sync(0xffffffffu, k0) >> (lane & 3);
       valid[1] = __ballot_sync(0xffffffffu, k1) >> (lane & 3);
     }
-    if constexpr (STAGES == 2 && TMA) {
-      if (tile + 1 < tile_end) load_kv(tile + 1, stage ^ 1);  // the other stage is free since the last barrier
-      wait_tma(tile, stage);
-    } else if constexpr (STAGES == 2) {
+    if constexpr (STAGES == 2) {
       if (tile + 1 < tile_end) {  // prefetch the next tile into the other stage, then wait for this one
         load_kv(tile + 1, stage ^ 1);
         cp_async_commit();
@@ -158,22 +113,21 @@ __global__ void __launch_bounds__(WARPS * 32)
       }
       __syncthreads();
     } else {
-      if constexpr (TMA) wait_tma(tile, stage);
-      else cp_async_wait<STAGES - 2>();  // this tile landed (the STAGES-2 newer ones may still fly)
+      cp_async_wait<STAGES - 2>();  // this tile landed (the STAGES-2 newer ones may still fly)
       __syncthreads();  // ... for every thread, and every warp is done with the previous tile, whose
                         // stage the next copy refills: no barrier at the end of the iteration
       const int fill = stage == 0 ? STAGES - 1 : stage - 1;
       if (tile + STAGES - 1 < tile_end) load_kv(tile + STAGES - 1, fill);
-      if constexpr (!TMA) cp_async_commit();
+      cp_async_commit();
     }
 
     float s[MT][8][4];
     const T* sKs = sK + stage * kBlockN * D;
     if constexpr (MT == 1) {
       if (tile == tile_begin) q_fragments<D>(qf, sQ, row0, lane);
-      qk_tile<D, 8, TMA>(s[0], qf, sKs, lane);
+      qk_tile<D>(s[0], qf, sKs, lane);
     } else {
-      qk_tile_smem<D, MT, TMA>(s, sQ, row0, sKs, lane);
+      qk_tile_smem<D, MT>(s, sQ, row0, sKs, lane);
     }
 
 #pragma unroll
@@ -236,7 +190,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b0, b1, b2, b3;
-        v_fragments<D, TMA>(b0, b1, b2, b3, sVs, kk, dp, lane);
+        v_fragments<D>(b0, b1, b2, b3, sVs, kk, dp, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           mma16816<T>(o[mt][2 * dp], a[mt], b0, b1);
@@ -292,32 +246,19 @@ __global__ void attn_combine_kernel(AttentionParams p, int splits) {
 }
 
 
-template <typename T, int D, int WARPS, int MT, int STAGES, bool TMA>
-cudaError_t launch_main_variant(const AttentionParams& p, const AttentionPlan& plan, const CUtensorMap& k_map,
-                                const CUtensorMap& v_map, cudaStream_t stream) {
-  using Cfg = MainConfig<T, D, WARPS, MT, STAGES, TMA>;
+template <typename T, int D, int WARPS, int MT, int STAGES>
+cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  using Cfg = MainConfig<T, D, WARPS, MT, STAGES>;
   const int mode = p.scores == nullptr ? 0 : plan.probs_scores;
-  auto kernel = mode == 2   ? attn_main_kernel<T, D, WARPS, MT, STAGES, 2, TMA>
-                : mode == 1 ? attn_main_kernel<T, D, WARPS, MT, STAGES, 1, TMA>
-                            : attn_main_kernel<T, D, WARPS, MT, STAGES, 0, TMA>;
+  auto kernel = mode == 2   ? attn_main_kernel<T, D, WARPS, MT, STAGES, 2>
+                : mode == 1 ? attn_main_kernel<T, D, WARPS, MT, STAGES, 1>
+                            : attn_main_kernel<T, D, WARPS, MT, STAGES, 0>;
   cudaError_t err = set_chain_smem(kernel, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const int M = p.n * (p.H / p.Hkv);
   const dim3 grid((M + Cfg::kRows - 1) / Cfg::kRows, plan.splits, p.B * p.Hkv);
-  // A plain launch: see pdl.cuh.
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split, k_map, v_map);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(p, plan.tiles_per_split);  // a plain launch: see pdl.cuh
   return cudaGetLastError();
-}
-
-// plan.tma: bulk tensor copies where the tensor maps of K and V can be made (tma::encode_kv_map), else
-// cp.async.
-template <typename T, int D, int WARPS, int MT, int STAGES>
-cudaError_t launch_main(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  CUtensorMap k_map{}, v_map{};
-  if (plan.tma == 1 && tma::encode_kv_map(&k_map, p.k, p.B, p.T, p.Hkv, D, p.k_s, kBlockN) &&
-      tma::encode_kv_map(&v_map, p.v, p.B, p.T, p.Hkv, D, p.v_s, kBlockN))
-    return launch_main_variant<T, D, WARPS, MT, STAGES, true>(p, plan, k_map, v_map, stream);
-  return launch_main_variant<T, D, WARPS, MT, STAGES, false>(p, plan, k_map, v_map, stream);
 }
 
 template <typename T, int D, int STAGES>

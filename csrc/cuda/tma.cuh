@@ -1,13 +1,15 @@
-// Bulk tensor copies (the Hopper copy engine, "TMA"; sm_90 PTX) of the partial_attention main passes'
-// K/V tiles.  One thread asks for a whole [rows][64-column] block of one (batch, kv head) with one
-// instruction, where the per-thread cp.async copies cost every thread of a batch-1 block (2-4 warps
-// per SM) dozens of issue slots per tile; the copy completes on an mbarrier (mbarrier.cuh).
+// Bulk tensor copies (the Hopper copy engine, "TMA"; sm_90 PTX) of the wgmma main pass's K/V tiles
+// (partial_attention_wgmma.cu): one producer thread asks for a whole [rows][64-column] block of one
+// (batch, kv head) with one instruction, where cp.async costs each of the producer warpgroup's 128
+// threads 32 copies (and their address arithmetic) per 128-key stage; the copy completes on the stage's
+// mbarrier (mbarrier.cuh).  Measured on the H100 (docs/kernels.md, session 12): the wgmma pass 2-11%
+// faster at batch 1 with probabilities.  The mma.sync pass was tried with them too (commit bb11948):
+// neutral at batch 1, up to 14% slower at batch 16, so it keeps cp.async.
 //
 // Layout: the tensor map views a (B, T, Hkv, D) 16-bit cache as 4-D {D, Hkv, T, B} (innermost first);
 // a box is {64 columns, 1 head, ROWS keys, 1 batch} with the 128-byte swizzle, so it lands as a
 // [ROWS][128-byte] column block whose 16-byte chunk c of row r sits at chunk position c ^ (r % 8) (the
-// block 1024-byte aligned): the wgmma tiles' layout (wgmma.cuh), which the mma.sync pass reads with
-// k_fragments / v_fragments<..., CB = true> (attention_tiles.cuh).  Keys at or past T arrive as zeros.
+// block 1024-byte aligned): the wgmma tiles' layout (wgmma.cuh).  Keys at or past T arrive as zeros.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap and its enums only; the encoder is looked up at run time (no libcuda link)
