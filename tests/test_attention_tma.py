@@ -1,9 +1,8 @@
-"""CUDA partial_attention's bulk tensor copies (plan.tma bits, ``DLLM_CORE_ATTN_TMA``): the wgmma main pass copies
-its K/V tiles (bit 1) and the recomputing probability pass its Q and K tiles (bit 2) with the Hopper copy engine
-(csrc/cuda/tma.cuh) instead of per-thread cp.async.  The tiles hold the same values (in the probability pass in
-another shared-memory layout) and the MMAs consume them in the same order, so every result must be bit-identical
-with and without; tensors a tensor map cannot describe fall back to cp.async.  Needs compute capability 9.0
-(sm_90a for the wgmma pass) and the compiled extension; skips otherwise.
+"""CUDA partial_attention's bulk tensor copies (plan.tma, ``DLLM_CORE_ATTN_TMA``): the wgmma main pass copies its
+K/V tiles with the Hopper copy engine (csrc/cuda/tma.cuh) instead of per-thread cp.async.  The tiles hold the same
+values in the same shared-memory layout, so every result must be bit-identical with and without; caches a tensor
+map cannot describe fall back to cp.async.  Needs compute capability 9.0 (sm_90a) and the compiled extension;
+skips otherwise.
 """
 
 from __future__ import annotations
@@ -16,12 +15,6 @@ from test_attention_variants import _clean_env, _inputs, _plan, _wgmma_device  #
 from dllm_core.ops.partial_attention import partial_attention_reference
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
-
-
-@pytest.fixture
-def _sm90(_clean_env):  # noqa: F811
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("bulk tensor copies need compute capability 9.0+")
 
 
 @pytest.fixture
@@ -48,8 +41,8 @@ def _assert_identical(got, want, probs: bool) -> None:
 
 
 def test_tma_plan(capfd, monkeypatch, _tma_device):
-    """Automatic bit 1 (wgmma K/V): GQA, and MHA with probabilities (MHA without them measured slower); bit 2 (probability
-    pass): with probabilities.  Never bit 1 with mma.sync.  DLLM_CORE_ATTN_TMA=0..3 overrides, other values are
+    """Automatic: on with the wgmma pass for GQA and for calls with probabilities, off for MHA without them (measured
+    slower there) and with mma.sync always; DLLM_CORE_ATTN_TMA=0/1 overrides on the wgmma pass, other values are
     ignored."""
     monkeypatch.delenv("DLLM_CORE_ATTN_MMA")
     monkeypatch.delenv("DLLM_CORE_ATTN_ROWS")
@@ -59,16 +52,14 @@ def test_tma_plan(capfd, monkeypatch, _tma_device):
         plan = _plan(capfd, monkeypatch, shape, probs)
         return plan["mma"], plan["tma"]
 
-    assert [mma_tma(gqa, False), mma_tma(gqa, True)] == [(1, 1), (1, 3)]
-    assert [mma_tma(mha, False), mma_tma(mha, True)] == [(1, 0), (1, 3)]
-    assert [mma_tma(sync, False), mma_tma(sync, True)] == [(0, 0), (0, 2)]
-    for value, want in (("0", 0), ("1", 1), ("2", 2), ("3", 3)):
+    assert [mma_tma(gqa, False), mma_tma(gqa, True)] == [(1, 1), (1, 1)]
+    assert [mma_tma(mha, False), mma_tma(mha, True)] == [(1, 0), (1, 1)]
+    assert [mma_tma(sync, False), mma_tma(sync, True)] == [(0, 0), (0, 0)]
+    for value, want in (("0", 0), ("1", 1), ("7", None)):
         monkeypatch.setenv("DLLM_CORE_ATTN_TMA", value)
-        assert mma_tma(gqa, True) == (1, want)
-        assert mma_tma(mha, False) == (1, want)
-        assert mma_tma(sync, True) == (0, want & 2)
-    monkeypatch.setenv("DLLM_CORE_ATTN_TMA", "7")
-    assert [mma_tma(gqa, True), mma_tma(mha, False), mma_tma(sync, True)] == [(1, 3), (1, 0), (0, 2)]
+        assert mma_tma(gqa, True) == (1, 1 if want is None else want)
+        assert mma_tma(mha, False) == (1, 0 if want is None else want)
+        assert mma_tma(sync, True) == (0, 0)
 
 
 @pytest.mark.parametrize("grid", [None, "1"], ids=lambda g: f"grid={g or 'auto'}")
@@ -77,7 +68,7 @@ def test_tma_plan(capfd, monkeypatch, _tma_device):
 @pytest.mark.parametrize("shape", [(2, 32, 4, 4, 128, 515), (1, 40, 8, 2, 64, 1030), (3, 7, 4, 4, 128, 77),
                                    (1, 20, 28, 4, 128, 200), (2, 70, 4, 2, 128, 4160)], ids=str)
 def test_tma_bit_identical(capfd, monkeypatch, _tma_device, shape, splits, scores, grid):
-    """wgmma pass: outputs and probabilities with bulk copies equal the cp.async ones bit for bit: split or not (a split's
+    """Outputs and probabilities with bulk copies equal the cp.async ones bit for bit: split or not (a split's
     last 128-key tile running into the next split, the call's last one past T), every stored-scores mode, ragged
     batches, one block looping over every work unit (grid=1: the ring's phases run on across units); and they
     match the reference."""
@@ -87,7 +78,7 @@ def test_tma_bit_identical(capfd, monkeypatch, _tma_device, shape, splits, score
         if value is not None:
             monkeypatch.setenv(name, value)
     plan = _plan(capfd, monkeypatch, shape, True)
-    assert (plan["mma"], plan["tma"] & 1) == (1, 1), plan
+    assert (plan["mma"], plan["tma"]) == (1, 1), plan
     for dtype in (torch.bfloat16, torch.float16):
         args = _inputs(shape, dtype)
         for probs in (False, True):
@@ -124,32 +115,3 @@ def test_tma_cache_layouts(monkeypatch, _tma_device, kind):
         got = _call(monkeypatch, args, "1", probs)
         _assert_identical(got, _call(monkeypatch, args, "0", probs), probs)
         check_attention(got, partial_attention_reference(*args, probs), torch.bfloat16, probs)
-
-
-PROBS_SHAPES = [(2, 32, 4, 4, 128, 515), (1, 40, 8, 2, 64, 1030), (3, 7, 4, 4, 128, 77), (1, 20, 28, 4, 128, 200),
-                (2, 70, 4, 2, 128, 4160)]
-
-
-@pytest.mark.parametrize("halves", ["0", "1"], ids=lambda v: f"key_halves={v}")
-@pytest.mark.parametrize("probs_stages", ["2", "3"], ids=lambda s: f"probs_stages={s}")
-@pytest.mark.parametrize("probs_rows", ["32", "64"], ids=lambda r: f"probs_rows={r}")
-@pytest.mark.parametrize("shape", PROBS_SHAPES, ids=str)
-def test_tma_probability_pass(capfd, monkeypatch, _sm90, shape, probs_rows, probs_stages, halves):
-    """Recomputing probability pass: Q (strided too) and K by bulk copies equal the cp.async ones bit for bit in every
-    row tile x ring depth x key halves (one head slice: plain stores), and match the reference; with head slices
-    that start and end inside GQA groups (atomics, no fixed order) they match the reference."""
-    for name, value in (("DLLM_CORE_ATTN_PROBS_SCORES", "0"), ("DLLM_CORE_ATTN_PROBS_ROWS", probs_rows),
-                        ("DLLM_CORE_ATTN_PROBS_STAGES", probs_stages), ("DLLM_CORE_ATTN_PROBS_KEY_HALVES", halves),
-                        ("DLLM_CORE_ATTN_HEAD_SLICES", "1")):
-        monkeypatch.setenv(name, value)
-    plan = _plan(capfd, monkeypatch, shape, True)
-    assert plan["tma"] & 2 and plan["probs_scores"] == 0, plan
-    for i, dtype in enumerate((torch.bfloat16, torch.float16)):
-        args = _inputs(shape, dtype, strided_q=i == 1)
-        got = _call(monkeypatch, args, "2", True)
-        _assert_identical(got, _call(monkeypatch, args, "0", True), True)
-        check_attention(got, partial_attention_reference(*args, True), dtype, True)
-    slices = "7" if shape[2] % 7 == 0 else "2"
-    monkeypatch.setenv("DLLM_CORE_ATTN_HEAD_SLICES", slices)
-    args = _inputs(shape, torch.bfloat16)
-    check_attention(_call(monkeypatch, args, "3", True), partial_attention_reference(*args, True), torch.bfloat16, True)

@@ -213,17 +213,14 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool pr
   const bool keep_scores = stored != 0 && stored_bytes <= static_cast<double>(l2_bytes(device));
   plan.l2_hints = env_int("DLLM_CORE_ATTN_L2_HINTS", (kv_hint ? 1 : 0) | 2 | (keep_scores ? 4 : 0),
                           [](int v) { return v >= 0 && v <= 7; });
-  // Bulk tensor copies (tma.cuh), bits: 1 = the wgmma pass's K/V tiles, 2 = the recomputing probability pass's
-  // Q and K tiles.  Bit 1, measured on the H100 (session 12, with and without at the ops_bench shapes that take
-  // wgmma, three sweeps, benchmarks/results/h100-session12-tma-*): GQA (Dream-7B) 0-11% faster (batch 1 with
-  // probabilities: q=128 T=1024 26.7 -> 24.7 us; batch 16 q=128 T=4096 305.8 -> 288.7 without), MHA (LLaDA-8B
-  // q=128) with probabilities 0-8% faster, but MHA without them 1-4% slower at all but batch 1 T=512 (batch 16
-  // T=512 70.6 -> 73.0 us), with or without the evict-first hint; so MHA calls without probabilities keep
-  // cp.async.  DLLM_CORE_ATTN_TMA=0..3 overrides (bit 1 only with wgmma; both need compute capability 9.0+).
-  const bool sm90 = cached_attribute<cudaDevAttrComputeCapabilityMajor>(device, 0) >= 9;
-  const int tma_auto = (plan.mma == 1 && (Hkv < H || probs) ? 1 : 0) | (probs ? 2 : 0);
-  plan.tma = sm90 ? env_int("DLLM_CORE_ATTN_TMA", tma_auto, [](int v) { return v >= 0 && v <= 3; }) : 0;
-  if (plan.mma != 1) plan.tma &= ~1;
+  // Bulk tensor copies of the wgmma pass's K/V tiles (tma.cuh).  Measured on the H100 (session 12, with and
+  // without at the ops_bench shapes that take wgmma, three sweeps, benchmarks/results/h100-session12-tma-*):
+  // GQA (Dream-7B) 0-11% faster (batch 1 with probabilities: q=128 T=1024 26.7 -> 24.7 us; batch 16 q=128
+  // T=4096 305.8 -> 288.7 without), MHA (LLaDA-8B q=128) with probabilities 0-8% faster, but MHA without them
+  // 1-4% slower at all but batch 1 T=512 (batch 16 T=512 70.6 -> 73.0 us), with or without the evict-first
+  // hint; so MHA calls without probabilities keep cp.async.  DLLM_CORE_ATTN_TMA=0/1 overrides (wgmma only).
+  const bool tma_auto = Hkv < H || probs;
+  plan.tma = plan.mma == 1 ? env_int("DLLM_CORE_ATTN_TMA", tma_auto ? 1 : 0, [](int v) { return v == 0 || v == 1; }) : 0;
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
     std::fprintf(stderr, "partial_attention plan: B=%d n=%d H=%d Hkv=%d T=%d rows=%d stages=%d splits=%d "
                  "tiles_per_split=%d probs=%d probs_rows=%d probs_stages=%d row_blocks=%d head_slices=%d mma=%d "

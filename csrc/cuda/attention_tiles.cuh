@@ -82,42 +82,28 @@ __device__ __forceinline__ uint64_t kv_l2_policy(const AttentionParams& p, bool 
   return l2_policy((p.l2_hints & 1) != 0 && !(is_k && SCORES == 0 && p.probs != nullptr));
 }
 
-// Byte offset of the 16-byte chunk 2 k + hi of row r (r % 8 == lane % 8) in a tile of ROWS rows.  CB = false:
-// the swz layout above.  CB = true: the bulk copies' column blocks (tma.cuh; the probability pass's TMA tiles),
-// chunk c of row r in 64-column block c / 8, at r x 128 bytes, chunk position (c % 8) ^ (r % 8).  The row and
-// block parts are multiples of 128 bytes, so the k-step XOR only touches the chunk bits.
-template <int D, int ROWS, bool CB>
-__device__ __forceinline__ uint32_t tile_chunk_offset(int r, int hi, int k, int lane) {
-  if constexpr (CB)
-    return static_cast<uint32_t>((k >> 2) * ROWS * 128) + (ldsm_offset<64>(r, hi, lane) ^ ((k & 3) << 5));
-  else
-    return ldsm_offset<D>(r, hi, lane) ^ (k << 5);
-}
-
-// A fragment of 16 rows starting at row0 (a multiple of 16) of a tile, k step kk (16 columns); CB: the column-block
-// layout of a ROWS-row tile (tile_chunk_offset).
-template <int D, int ROWS = 0, bool CB = false, typename T>
+// A fragment of 16 rows starting at row0 (a multiple of 16) of a swizzled tile, k step kk (16 columns).
+template <int D, typename T>
 __device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const T* s, int row0, int kk, int lane) {
   static_assert(sizeof(T) == 2, "16-bit tiles");
-  ldmatrix_x4(smem_addr(s) + tile_chunk_offset<D, ROWS, CB>(row0 + (lane & 15), lane >> 4, kk, lane), a[0], a[1],
-              a[2], a[3]);
+  ldmatrix_x4(smem_addr(s) + (ldsm_offset<D>(row0 + (lane & 15), lane >> 4, lane) ^ (kk << 5)), a[0], a[1], a[2],
+              a[3]);
 }
 
-// Rows row0..row0+15 of a Q tile as m16n8k16 A fragments (one per 16-wide k step); CB as a_fragment.
-template <int D, int ROWS = 0, bool CB = false, typename T>
+// Rows row0..row0+15 of a swizzled Q tile as m16n8k16 A fragments (one per 16-wide k step).
+template <int D, typename T>
 __device__ __forceinline__ void q_fragments(uint32_t (&qf)[D / 16][4], const T* sQ, int row0, int lane) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) a_fragment<D, ROWS, CB>(qf[kk], sQ, row0, kk, lane);
+  for (int kk = 0; kk < D / 16; ++kk) a_fragment<D>(qf[kk], sQ, row0, kk, lane);
 }
 
-// B fragments of key blocks 2jp, 2jp+1 (8 keys each) of a kBlockN-key K tile for k step kk (CB as a_fragment).
-template <int D, bool CB = false, typename T>
+// B fragments of key blocks 2jp, 2jp+1 (8 keys each) of a swizzled K tile for k step kk.
+template <int D, typename T>
 __device__ __forceinline__ void k_fragments(uint32_t& b0, uint32_t& b1, uint32_t& b2, uint32_t& b3, const T* sK,
                                             int jp, int kk, int lane) {
   static_assert(sizeof(T) == 2, "16-bit tiles");
-  const uint32_t off =
-      tile_chunk_offset<D, kBlockN, CB>(((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1, kk, lane);
-  ldmatrix_x4(smem_addr(sK) + jp * 16 * (CB ? 128 : D * 2) + off, b0, b1, b2, b3);
+  const uint32_t off = ldsm_offset<D>(((lane >> 4) << 3) + (lane & 7), (lane >> 3) & 1, lane) ^ (kk << 5);
+  ldmatrix_x4(smem_addr(sK) + jp * 16 * D * 2 + off, b0, b1, b2, b3);
 }
 
 // B fragments (transposed) of a swizzled V tile for P V: keys 16 kk .. 16 kk + 15, output columns
@@ -130,9 +116,8 @@ __device__ __forceinline__ void v_fragments(uint32_t& b0, uint32_t& b1, uint32_t
   ldmatrix_x4_trans(smem_addr(sV) + kk * 16 * D * 2 + off, b0, b1, b2, b3);
 }
 
-// s[j] (keys 8j..8j+7 of the tile, NB blocks) = Q K^T for 16 rows whose A fragments are in registers (CB: the K
-// tile's layout, k_fragments).
-template <int D, int NB = 8, bool CB = false, typename T>
+// s[j] (keys 8j..8j+7 of the tile, NB blocks) = Q K^T for 16 rows whose A fragments are in registers.
+template <int D, int NB = 8, typename T>
 __device__ __forceinline__ void qk_tile(float (&s)[NB][4], const uint32_t (&qf)[D / 16][4], const T* sK, int lane) {
   static_assert(NB % 2 == 0, "key blocks come in pairs");
 #pragma unroll
@@ -142,7 +127,7 @@ __device__ __forceinline__ void qk_tile(float (&s)[NB][4], const uint32_t (&qf)[
 #pragma unroll
     for (int jp = 0; jp < NB / 2; ++jp) {  // two 8-key column blocks per ldmatrix.x4
       uint32_t b0, b1, b2, b3;
-      k_fragments<D, CB>(b0, b1, b2, b3, sK, jp, kk, lane);
+      k_fragments<D>(b0, b1, b2, b3, sK, jp, kk, lane);
       mma16816<T>(s[2 * jp], qf[kk], b0, b1);
       mma16816<T>(s[2 * jp + 1], qf[kk], b2, b3);
     }

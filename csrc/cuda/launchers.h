@@ -49,9 +49,8 @@ struct AttentionPlan {
   int l2_hints;         // bits: 1 = the main pass copies K/V evict-first (read once); 2 = the stored-scores pass
                         // discards the scratch lines it has read (no write-back of dead data); 4 = the main pass
                         // stores the scores evict-last (kept in L2 for the streaming pass)
-  int tma;              // bits, bulk tensor copies (tma.cuh) where the tensors' strides allow (else cp.async):
-                        // 1 = the wgmma main pass's K/V tiles (never with mma = 0), 2 = the recomputing probability
-                        // pass's Q and K tiles
+  int tma;              // 1: the wgmma main pass copies K/V tiles with the bulk tensor copy engine (tma.cuh), where
+                        // K and V's strides allow (else cp.async, as with 0); 0 with mma = 0
 };
 struct AttentionParams {
   const void* q;          // (B, n, H, D), strides q_s for (b, row, h), last dim contiguous

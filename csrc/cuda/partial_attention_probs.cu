@@ -19,24 +19,17 @@
 // Bytes: besides the output, the pass reads K once (each block's key tile once per kv head; the
 // blocks sharing a key tile are adjacent in launch order so K comes from DRAM once) and Q once per
 // key tile, mostly from L2.
-//
-// TMA (plan.tma bit 2): thread 0 copies each head's Q tile and each kv head's K tile with bulk tensor copies
-// (tma.cuh) that complete the head's stage mbarrier, instead of every thread's cp.asyncs; the tiles are then in
-// the column-block layout (attention_tiles.cuh, CB).
 
 #include "attention_tiles.cuh"
-#include "tma.cuh"
 
 namespace dllm_core {
 namespace cuda {
 namespace {
 
-template <typename T, int D, int WARPS, int STAGES, int KS = 1, bool TMA = false>
+template <typename T, int D, int WARPS, int STAGES, int KS = 1>
 struct ProbsConfig {
   static constexpr int kRows = WARPS * 16, kThreads = WARPS * KS * 32;
-  static constexpr size_t kTiles = sizeof(T) * D * STAGES * (kRows + kBlockN);  // STAGES x (Q, K)
-  // TMA: + the stages' mbarriers and slack to align the tiles to 1024 bytes (the 128-byte swizzle's atom).
-  static constexpr size_t kSmem = TMA ? kTiles + 8 * STAGES + 1024 : kTiles;
+  static constexpr size_t kSmem = sizeof(T) * D * STAGES * (kRows + kBlockN);  // STAGES x (Q, K)
   static_assert(STAGES == 2 || STAGES == 3, "one or two heads in flight");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert((kBlockN * D / 8) % kThreads == 0 && (kRows * D / 8) % kThreads == 0, "even copy split");
@@ -48,19 +41,14 @@ struct ProbsConfig {
 // KS = 2: twice the warps, each pair of warps sharing a 16-row slab and taking 32 of the tile's 64 keys
 // (half the dependent MMA / exponential chain per warp; the batch-1 pass is latency bound).  The same
 // block counts hold with twice the threads: the halved accumulators fit (64 rows, 2 stages: 78 of 85).
-// TMA: Q and K tiles by bulk tensor copies through q_map (boxes of kRows rows) and k_map (kBlockN keys); unused
-// otherwise.
-template <typename T, int D, int WARPS, int STAGES, int KS, bool TMA>
+template <typename T, int D, int WARPS, int STAGES, int KS>
 __global__ void __launch_bounds__(WARPS * KS * 32, (WARPS == 2 ? 4 : 3) - (STAGES - 2))
-    attn_probs_kernel(AttentionParams p, int row_blocks, int heads_per_slice, const __grid_constant__ CUtensorMap q_map,
-                      const __grid_constant__ CUtensorMap k_map) {
-  using Cfg = ProbsConfig<T, D, WARPS, STAGES, KS, TMA>;
+    attn_probs_kernel(AttentionParams p, int row_blocks, int heads_per_slice) {
+  using Cfg = ProbsConfig<T, D, WARPS, STAGES, KS>;
   constexpr int kRows = Cfg::kRows, kThreads = Cfg::kThreads, NB = 8 / KS;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + (TMA ? (1024u - (smem_addr(smem_raw) & 1023u)) & 1023u : 0u);
+  extern __shared__ __align__(128) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);  // STAGES stages
   T* sK = sQ + STAGES * kRows * D;     // STAGES stages
-  const uint32_t bars = smem_addr(sK + STAGES * kBlockN * D);  // TMA: head i's stage mbarrier at bars + 8 (i % S)
   const int warp = KS == 1 ? threadIdx.x >> 5 : (threadIdx.x >> 5) % WARPS, lane = threadIdx.x & 31;
   const int c0 = KS == 1 ? 0 : (threadIdx.x >> 5) / WARPS * 8 * NB;  // this warp's keys: columns c0 ..
   // Blocks sharing a key tile are adjacent in launch order (x fastest), so K is read from DRAM once.
@@ -88,33 +76,12 @@ __global__ void __launch_bounds__(WARPS * KS * 32, (WARPS == 2 ? 4 : 3) - (STAGE
       if (c < valid_keys && p.mask[b * p.mask_s0 + t0 + c]) valid |= 1u << (2 * j + e);
     }
 
-  if constexpr (TMA) {
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int st = 0; st < STAGES; ++st) mbar_init(bars + 8 * st, 1);
-      mbar_init_fence();
-    }
-    __syncthreads();  // the inits, before any thread waits
-  }
   auto issue = [&](int h) {
     const int i = h - h_begin;
-    const bool new_kv = i == 0 || h % group == 0;  // the slice's first head, or the first of a new kv head
-    if constexpr (TMA) {
-      if (threadIdx.x == 0) {
-        const uint32_t bar = bars + 8 * (i % STAGES);
-        const uint64_t policy = l2_policy(false);
-        mbar_arrive_expect_tx(bar, static_cast<uint32_t>(sizeof(T) * D * (kRows + (new_kv ? kBlockN : 0))));
-        tma::load_tile<D, kRows>(smem_addr(sQ + (i % STAGES) * kRows * D), &q_map, bar, h, r0, b, policy);
-        if (new_kv)
-          tma::load_tile<D, kBlockN>(smem_addr(sK + ((h / group - kv_first) % STAGES) * kBlockN * D), &k_map, bar,
-                                     h / group, t0, b, policy);
-      }
-      return;
-    }
     // Q rows of head h are rows of stride q_s[1]: the precomputed-address copy of load_rows (load_q's
     // per-chunk index math was a fifth of the loop's instructions).
     load_rows<D, kRows, kThreads>(sQ + (i % STAGES) * kRows * D, qbase + h * p.q_s[2], p.q_s[1], p.n - r0);
-    if (new_kv) {
+    if (i == 0 || h % group == 0) {  // the slice's first head, or the first of a new kv head
       T* dst = sK + ((h / group - kv_first) % STAGES) * kBlockN * D;
       load_rows<D, kBlockN, kThreads>(dst, kbase + (h / group) * p.k_s[2], p.k_s[1], valid_keys);
     }
@@ -131,28 +98,22 @@ __global__ void __launch_bounds__(WARPS * KS * 32, (WARPS == 2 ? 4 : 3) - (STAGE
   for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
   float lse[2], lse_next[2] = {0.f, 0.f};
   // One commit group per head, empty past the slice's end, so "all but the newest STAGES - 1 groups
-  // complete" always means head h has landed.  TMA: head i's copies complete fill i / STAGES of its stage's
-  // mbarrier.
+  // complete" always means head h has landed.
 #pragma unroll
   for (int j = 0; j < STAGES - 1; ++j) {
     if (h_begin + j < h_end) issue(h_begin + j);
-    if constexpr (!TMA) cp_async_commit();
+    cp_async_commit();
   }
   for (int h = h_begin; h < h_end; ++h) {
     const int i = h - h_begin;
     if (h + STAGES - 1 < h_end) issue(h + STAGES - 1);
-    if constexpr (TMA) {
-      mbar_wait(bars + 8 * (i % STAGES), (i / STAGES) & 1);
-    } else {
-      cp_async_commit();
-      cp_async_wait<STAGES - 1>();
-      __syncthreads();
-    }
+    cp_async_commit();
+    cp_async_wait<STAGES - 1>();
+    __syncthreads();
     uint32_t qf[D / 16][4];
-    q_fragments<D, kRows, TMA>(qf, sQ + (i % STAGES) * kRows * D, warp * 16, lane);
+    q_fragments<D>(qf, sQ + (i % STAGES) * kRows * D, warp * 16, lane);
     float s[NB][4];
-    // This warp's keys start at row c0 of the K tile: c0 rows of 64 (CB) or D elements.
-    qk_tile<D, NB, TMA>(s, qf, sK + ((h / group - kv_first) % STAGES) * kBlockN * D + c0 * (TMA ? 64 : D), lane);
+    qk_tile<D, NB>(s, qf, sK + ((h / group - kv_first) % STAGES) * kBlockN * D + c0 * D, lane);
     if (i == 0) {  // everything so far read only inputs; the log-sum-exp comes from the kernel before
       pdl_wait();
       read_lse(h, lse);
@@ -229,26 +190,15 @@ __global__ void __launch_bounds__(WARPS * KS * 32, (WARPS == 2 ? 4 : 3) - (STAGE
   }
 }
 
-template <typename T, int D, int WARPS, int STAGES, int KS, bool TMA>
-cudaError_t launch_probs_variant(const AttentionParams& p, const AttentionPlan& plan, const CUtensorMap& q_map,
-                                 const CUtensorMap& k_map, cudaStream_t stream) {
-  using Cfg = ProbsConfig<T, D, WARPS, STAGES, KS, TMA>;
-  auto kernel = attn_probs_kernel<T, D, WARPS, STAGES, KS, TMA>;
+template <typename T, int D, int WARPS, int STAGES, int KS>
+cudaError_t launch_probs_ks(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
+  using Cfg = ProbsConfig<T, D, WARPS, STAGES, KS>;
+  auto kernel = attn_probs_kernel<T, D, WARPS, STAGES, KS>;
   cudaError_t err = set_chain_smem(kernel, Cfg::kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid(plan.row_blocks * plan.head_slices, (p.T + kBlockN - 1) / kBlockN, p.B);
   return launch_chained(kernel, grid, dim3(Cfg::kThreads), Cfg::kSmem, stream, plan.pdl == 1, p, plan.row_blocks,
-                        p.H / plan.head_slices, q_map, k_map);
-}
-
-// plan.tma bit 2: bulk tensor copies where the tensor maps of Q and K can be made, else cp.async.
-template <typename T, int D, int WARPS, int STAGES, int KS>
-cudaError_t launch_probs_ks(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
-  CUtensorMap q_map{}, k_map{};
-  if ((plan.tma & 2) != 0 && tma::encode_map(&q_map, p.q, p.B, p.n, p.H, D, p.q_s, WARPS * 16) &&
-      tma::encode_map(&k_map, p.k, p.B, p.T, p.Hkv, D, p.k_s, kBlockN))
-    return launch_probs_variant<T, D, WARPS, STAGES, KS, true>(p, plan, q_map, k_map, stream);
-  return launch_probs_variant<T, D, WARPS, STAGES, KS, false>(p, plan, q_map, k_map, stream);
+                        p.H / plan.head_slices);
 }
 
 template <typename T, int D, int WARPS, int STAGES>

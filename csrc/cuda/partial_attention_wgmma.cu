@@ -383,8 +383,8 @@ cudaError_t launch_wgmma_variant(const AttentionParams& p, const AttentionPlan& 
 template <typename T, int D>
 cudaError_t launch_wgmma(const AttentionParams& p, const AttentionPlan& plan, cudaStream_t stream) {
   CUtensorMap k_map{}, v_map{};
-  if (plan.tma == 1 && tma::encode_map(&k_map, p.k, p.B, p.T, p.Hkv, D, p.k_s, kWgKeys) &&
-      tma::encode_map(&v_map, p.v, p.B, p.T, p.Hkv, D, p.v_s, kWgKeys))
+  if (plan.tma == 1 && tma::encode_kv_map(&k_map, p.k, p.B, p.T, p.Hkv, D, p.k_s, kWgKeys) &&
+      tma::encode_kv_map(&v_map, p.v, p.B, p.T, p.Hkv, D, p.v_s, kWgKeys))
     return launch_wgmma_variant<T, D, true>(p, plan, k_map, v_map, stream);
   return launch_wgmma_variant<T, D, false>(p, plan, k_map, v_map, stream);
 }
