@@ -214,11 +214,12 @@ AttentionPlan plan_attention(int B, int n, int H, int Hkv, int T, int D, bool pr
   plan.l2_hints = env_int("DLLM_CORE_ATTN_L2_HINTS", (kv_hint ? 1 : 0) | 2 | (keep_scores ? 4 : 0),
                           [](int v) { return v >= 0 && v <= 7; });
   // Bulk tensor copies of the wgmma pass's K/V tiles (tma.cuh).  Measured on the H100 (session 12, with and
-  // without at the ops_bench shapes that take wgmma, three sweeps, benchmarks/results/h100-session12-tma-*):
-  // GQA (Dream-7B) 0-11% faster (batch 1 with probabilities: q=128 T=1024 26.7 -> 24.7 us; batch 16 q=128
-  // T=4096 305.8 -> 288.7 without), MHA (LLaDA-8B q=128) with probabilities 0-8% faster, but MHA without them
-  // 1-4% slower at all but batch 1 T=512 (batch 16 T=512 70.6 -> 73.0 us), with or without the evict-first
-  // hint; so MHA calls without probabilities keep cp.async.  DLLM_CORE_ATTN_TMA=0/1 overrides (wgmma only).
+  // without at every ops_bench shape that takes wgmma, benchmarks/results/h100-session12-tma-*; means over the
+  // runs): GQA (Dream-7B) batch 1 0-10% faster (with probabilities q=64 T=2048 26.1 -> 23.6 us), batch 16 from 6%
+  // faster to 3% slower (q=128 T=2048 164.7 -> 155.0 us; q=32 T=512 19.4 -> 19.9); MHA (LLaDA-8B q=128) with
+  // probabilities 1-9% faster at batch 1, within 0.4% at batch 16; MHA without them 1-4% slower except batch 1
+  // T=512 (batch 16 T=512 70.5 -> 73.0 us), with or without the evict-first hint, so those calls keep cp.async.
+  // DLLM_CORE_ATTN_TMA=0/1 overrides (wgmma only).
   const bool tma_auto = Hkv < H || probs;
   plan.tma = plan.mma == 1 ? env_int("DLLM_CORE_ATTN_TMA", tma_auto ? 1 : 0, [](int v) { return v == 0 || v == 1; }) : 0;
   if (const char* trace = std::getenv("DLLM_CORE_ATTN_TRACE"); trace != nullptr && *trace == '1')
