@@ -1,5 +1,5 @@
 """What the compiled-op tests share: the device parameters, the tolerances and the partial-attention
-checks against its reference (eager and CUDA-graph replay), the skip when a kernel is not built, and the subprocess runner for error paths (a C++ exception that crashes the interpreter instead of
+checks against its reference (eager and CUDA-graph replay) and the bit-identity check between two variants, the skip when a kernel is not built, and the subprocess runner for error paths (a C++ exception that crashes the interpreter instead of
 raising must fail that one test, not the session)."""
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ def check_attention(got, want, dtype, return_probs) -> None:
     torch.testing.assert_close(got[1], want[1], atol=2e-5, rtol=1e-3)
     if return_probs:
         torch.testing.assert_close(got[1].sum(-1), torch.ones_like(got[1][..., 0]), atol=1e-4, rtol=0)
+
+
+def assert_attention_identical(got, want, return_probs) -> None:
+    """Two partial_attention results (out, probs) bit for bit, NaNs (fully masked rows) in the same places."""
+    pairs = [(got[0], want[0])] + ([(got[1], want[1])] if return_probs else [])
+    for a, b in pairs:
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
 def check_eager_and_graph(make_inputs) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from op_kernels import HAS_CUDA, check_attention
+from op_kernels import HAS_CUDA, assert_attention_identical, check_attention
 from test_attention_variants import _clean_env, _inputs, _plan, _wgmma_device  # noqa: F401
 
 from dllm_core.ops.partial_attention import partial_attention_reference
@@ -30,14 +30,6 @@ def _call(monkeypatch, args, tma: str, probs: bool):
     got = torch.ops.dllm_core.partial_attention(*args, probs)
     torch.cuda.synchronize()
     return got
-
-
-def _assert_identical(got, want, probs: bool) -> None:
-    assert torch.equal(got[0].isnan(), want[0].isnan())
-    assert torch.equal(got[0].nan_to_num(), want[0].nan_to_num())
-    if probs:
-        assert torch.equal(got[1].isnan(), want[1].isnan())
-        assert torch.equal(got[1].nan_to_num(), want[1].nan_to_num())
 
 
 def test_tma_plan(capfd, monkeypatch, _tma_device):
@@ -83,7 +75,7 @@ def test_tma_bit_identical(capfd, monkeypatch, _tma_device, shape, splits, score
         args = _inputs(shape, dtype)
         for probs in (False, True):
             got = _call(monkeypatch, args, "1", probs)
-            _assert_identical(got, _call(monkeypatch, args, "0", probs), probs)
+            assert_attention_identical(got, _call(monkeypatch, args, "0", probs), probs)
             check_attention(got, partial_attention_reference(*args, probs), dtype, probs)
 
 
@@ -113,5 +105,5 @@ def test_tma_cache_layouts(monkeypatch, _tma_device, kind):
     args = _caches(kind, shape, torch.bfloat16)
     for probs in (False, True):
         got = _call(monkeypatch, args, "1", probs)
-        _assert_identical(got, _call(monkeypatch, args, "0", probs), probs)
+        assert_attention_identical(got, _call(monkeypatch, args, "0", probs), probs)
         check_attention(got, partial_attention_reference(*args, probs), torch.bfloat16, probs)

@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       const WgUnit un = unit_at(p, w, u);
       auto load_kv = [&](int i) {  // tile i of the unit -> stage gt % S, once tile gt - S was released
         const uint32_t st = gt % kWgStages;
-        const int t0 = un.key_begin + i * kWgKeys, valid = min(kWgKeys, un.key_end - t0);
+        const int t0 = un.key_begin + i * kWgKeys;
         const uint32_t dst = sKV + 2 * st * Cfg::kTileBytes;
         if constexpr (TMA) {  // keys past key_end but before T arrive as data: the consumers mask them
           if (threadIdx.x == 0) {
@@ -171,18 +171,18 @@ __global__ void __launch_bounds__(kWgThreads, 1)
             tma::load_kv_stage<D, kWgKeys>(dst, dst + Cfg::kTileBytes, full(st), &k_map, &v_map, un.g, t0, un.b,
                                            k_policy, v_policy);
           }
-          ++gt;
-          return;
+        } else {
+          const int valid = min(kWgKeys, un.key_end - t0);
+          if (gt >= kWgStages) mbar_wait(empty(st), (gt / kWgStages - 1) & 1);
+          const T* kbase = static_cast<const T*>(p.k) + un.b * p.k_s[0] + un.g * p.k_s[2];
+          const T* vbase = static_cast<const T*>(p.v) + un.b * p.v_s[0] + un.g * p.v_s[2];
+          const T* kt = kbase + t0 * p.k_s[1];
+          const T* vt = vbase + t0 * p.v_s[1];
+          wg::load_tile<D, kWgKeys, 128, true>(dst, [&](int r) { return kt + r * p.k_s[1]; }, valid, kbase, k_policy);
+          wg::load_tile<D, kWgKeys, 128, true>(dst + Cfg::kTileBytes, [&](int r) { return vt + r * p.v_s[1]; },
+                                               valid, vbase, v_policy);
+          cp_async_arrive_noinc(full(st));
         }
-        if (gt >= kWgStages) mbar_wait(empty(st), (gt / kWgStages - 1) & 1);
-        const T* kbase = static_cast<const T*>(p.k) + un.b * p.k_s[0] + un.g * p.k_s[2];
-        const T* vbase = static_cast<const T*>(p.v) + un.b * p.v_s[0] + un.g * p.v_s[2];
-        const T* kt = kbase + t0 * p.k_s[1];
-        const T* vt = vbase + t0 * p.v_s[1];
-        wg::load_tile<D, kWgKeys, 128, true>(dst, [&](int r) { return kt + r * p.k_s[1]; }, valid, kbase, k_policy);
-        wg::load_tile<D, kWgKeys, 128, true>(dst + Cfg::kTileBytes, [&](int r) { return vt + r * p.v_s[1]; }, valid,
-                                             vbase, v_policy);
-        cp_async_arrive_noinc(full(st));
         ++gt;
       };
       if (un.count == 0) continue;
